@@ -265,8 +265,15 @@ def paste(stations: list[np.ndarray], start: np.ndarray, end: np.ndarray) -> np.
     ends of the last axis.
     """
     volume = np.zeros(tuple(int(x) for x in end.max(axis=0)))
+    written_to = 0  # slices below this index have been written by earlier stations
     for v, a, b in zip(stations, start, end):
-        volume[a[0] : b[0], a[1] : b[1], a[2] : b[2]] += v
+        # Slices no earlier station reached are assigned (0 + x == x exactly),
+        # the overlap with earlier stations is added, as the spec's running sum.
+        split = min(max(written_to, a[2]), b[2])
+        rows, cols = slice(a[0], b[0]), slice(a[1], b[1])
+        volume[rows, cols, a[2] : split] += v[:, :, : split - a[2]]
+        volume[rows, cols, split : b[2]] = v[:, :, split - a[2] :]
+        written_to = max(written_to, b[2])
     volume = np.swapaxes(np.flip(volume, 2), 0, 1)
     return volume[:, :, TRIM_SLICES : volume.shape[2] - TRIM_SLICES]
 

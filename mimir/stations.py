@@ -87,7 +87,8 @@ def group_stations(slices: list[SignalSlice], path: str | os.PathLike[str] | Non
             )
         z = np.array([g.position[2] for g in group], dtype=np.float32)
         order = np.argsort(z)[::-1]
-        voxels = np.stack([group[i].pixels for i in order], axis=-1)
+        # Stack along a new first axis (contiguous writes), then one transposing copy.
+        voxels = np.ascontiguousarray(np.stack([group[i].pixels for i in order]).transpose(1, 2, 0))
         positions = np.stack([g.position for g in group]).astype(np.float64)
         z64 = z.astype(np.float64)
         dz = (z64.max() - z64.min()) / (len(group) - 1)

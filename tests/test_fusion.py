@@ -149,3 +149,18 @@ def test_fusion_matches_literal_reference(seed):
         theirs = ref.fuse([s.voxels for s in channel], stations.positions, stations.spacings)
         assert ours.shape == theirs.shape
         assert np.allclose(ours, theirs, rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "starts", [[0, 10, 25], [0, 12, 20], [0, 25, 50], [0, 5, 8]]  # overlaps, gaps, one station reaching two
+)
+def test_paste_equals_the_running_sum(starts):
+    rng = np.random.default_rng(4)
+    stations = [rng.random((3 + i, 4, 14)).astype(np.float32) for i in range(3)]
+    start = np.array([[i, 0, z] for i, z in enumerate(starts)])
+    end = start + np.array([s.shape for s in stations])
+    naive = np.zeros(tuple(end.max(axis=0)))
+    for v, a, b in zip(stations, start, end):
+        naive[a[0] : b[0], a[1] : b[1], a[2] : b[2]] += v
+    naive = np.swapaxes(np.flip(naive, 2), 0, 1)[:, :, 4:-4]
+    assert np.array_equal(fusion.paste(stations, start, end), naive)
