@@ -49,6 +49,7 @@ def preprocess(
             f"[green]ok[/] {zip_path.name} -> {', '.join(written)} "
             f"[dim]({time.perf_counter() - started:.2f} s)[/]",
             highlight=False,
+            soft_wrap=True,
         )
     if failed:
         if failed == len(zips):
