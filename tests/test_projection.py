@@ -62,3 +62,19 @@ def test_image_matches_literal_reference(seed):
     keep = fused.water.shape[1] - BED_ROWS
     assert fat_fraction_slice_indices(body.mask[:, :keep, :]) == (ic, isag)
     assert np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    "seed, small", [(5, True), (6, True), pytest.param(8, False, marks=pytest.mark.slow)]
+)
+def test_zip_to_image_matches_literal_reference_end_to_end(tmp_path, seed, small):
+    """Reader + fast fusion + projection against the literal transcription, from a zip."""
+    from mimir.pipeline import preprocess, read_stations
+    from mimir.synth import generate_subject
+
+    s = generate_subject(tmp_path, seed=seed, small=small)
+    stations = read_stations(s.zip_path)
+    water = ref.fuse([st.voxels for st in stations.water], stations.positions, stations.spacings)
+    fat = ref.fuse([st.voxels for st in stations.fat], stations.positions, stations.spacings)
+    expected, _ = ref.image(water, fat)
+    assert np.array_equal(preprocess(s.zip_path, cache=False), expected)
