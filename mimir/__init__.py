@@ -20,6 +20,7 @@ _API = {
     "preprocess_volumes": "mimir.pipeline",
     "PIPELINE_VERSION": "mimir.pipeline",
     "read_stations": "mimir.pipeline",
+    "generate_subject": "mimir.synth",
     "load_input": "mimir.pipeline",
     "load_image": "mimir.pipeline",
     "MimirError": "mimir.errors",
