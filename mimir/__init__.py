@@ -40,6 +40,12 @@ _API = {
     "TargetSpec": "mimir.modules",
     "ModuleError": "mimir.errors",
     "DownloadError": "mimir.errors",
+    "train_module": "mimir.training",
+    "TrainConfig": "mimir.training",
+    "run_demo": "mimir.demo",
+    "run_batch": "mimir.batch.runner",
+    "BatchResult": "mimir.batch.runner",
+    "merge_outputs": "mimir.batch.merge",
 }
 
 __all__ = ["__version__", *_API]

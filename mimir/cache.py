@@ -10,25 +10,15 @@ Layout: ``<cache_dir>/images/<pipeline version>/<hash[:2]>/<hash>.npy``.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
 from mimir import atomic
+from mimir.hashing import file_sha256
 from mimir.paths import cache_dir
 
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+__all__ = ["entry_path", "file_sha256", "load", "store"]
 
 
 def entry_path(content_hash: str, pipeline_version: str, root: Path | None = None) -> Path:

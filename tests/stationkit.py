@@ -39,9 +39,8 @@ def make_station_set(
     z_top = 0.0
     for i, (nr, n, d) in enumerate(zip(rows, slices, dz)):
         if i > 0:
-            prev_bottom = z_prev_top - (slices[i - 1] - 1) * dz[i - 1]
-            z_top = prev_bottom - dz[i - 1] + overlap_mm[i - 1]
-        z_prev_top = z_top
+            # The previous station ends one spacing below its last slice; overlap from there.
+            z_top = z_top - slices[i - 1] * dz[i - 1] + overlap_mm[i - 1]
         pos = np.array([x_mm, -(nr * float(PS)) / 2, z_top], dtype=np.float32).astype(np.float64)
         spacing = np.array([PS, PS, np.float32(d)], dtype=np.float64)
         w, f = blob_volume(rng, (nr, cols, n), z_top, d)

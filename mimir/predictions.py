@@ -1,0 +1,269 @@
+"""The numerics of a prediction, and the per-subject result record.
+
+Pure NumPy (no torch): from raw network output to values in real units, the
+ensemble mixture, confidence intervals, and the record that every writer
+(``predict``'s CSV/JSON/table, and later ``batch``) serialises.
+
+For a module with T targets the network output (B, 2T) is viewed as (B, T, 2):
+a standardised mean ``m`` and a log variance ``s``. Per target t, with
+standardisation mean/sd ``mu_t``/``sd_t``, calibration factor ``c_t`` and
+display divisor ``d_t``::
+
+    mean     = (m * sd_t + mu_t) / d_t
+    variance = exp(s) * sd_t**2 * c_t / d_t**2
+
+The original MIMIR code divided the variance by ``d_t`` instead of ``d_t**2``;
+that was harmless only because every published divisor is 1. Here the variance
+is expressed in the squared display unit, as it must be.
+
+K ensemble members combine as a uniform mixture::
+
+    mean     = average of member means
+    variance = average of member variances + population variance of member means
+
+and a confidence interval at level L is ``mean +- z * sqrt(variance)`` with
+``z`` the standard normal quantile of ``(1 + L) / 2``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+#: Default confidence level of the intervals.
+DEFAULT_LEVEL = 0.95
+
+# UK Biobank bulk file names: <eid>_<field>_<instance>_<array>
+_UKB_NAME = re.compile(r"^(?P<eid>\d+)_(?P<field>\d+)_(?P<instance>\d+)_(?P<array>\d+)$")
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+def convert_output(
+    raw: np.ndarray,
+    mean: Sequence[float] | np.ndarray,
+    sd: Sequence[float] | np.ndarray,
+    calibration: Sequence[float] | np.ndarray,
+    divisor: Sequence[float] | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw output (B, 2T) or (B, T, 2) -> (mean, variance), each (B, T), in display units.
+
+    Computed in float64 whatever the input dtype.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    mu = np.asarray(mean, dtype=np.float64)
+    sd_ = np.asarray(sd, dtype=np.float64)
+    cal = np.asarray(calibration, dtype=np.float64)
+    div = np.asarray(divisor, dtype=np.float64)
+    t = mu.shape[0]
+    if raw.ndim == 2:
+        if raw.shape[1] != 2 * t:
+            raise ValueError(f"raw output has {raw.shape[1]} columns, expected {2 * t}")
+        raw = raw.reshape(raw.shape[0], t, 2)
+    if raw.ndim != 3 or raw.shape[1:] != (t, 2):
+        raise ValueError(f"raw output shape {raw.shape} does not fit {t} targets")
+    with np.errstate(over="ignore"):
+        m = raw[:, :, 0] * sd_ + mu
+        v = np.exp(raw[:, :, 1]) * np.square(sd_) * cal
+    return m / div, v / np.square(div)
+
+
+def mixture(means: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Combine K members (axis 0) as a uniform mixture: (mean, variance).
+
+    ``means`` and ``variances`` have shape (K, ...). With K = 1 the member is
+    returned unchanged.
+    """
+    means = np.asarray(means, dtype=np.float64)
+    variances = np.asarray(variances, dtype=np.float64)
+    if means.shape != variances.shape or means.ndim < 1 or means.shape[0] < 1:
+        raise ValueError("means and variances must have the same shape (K, ...) with K >= 1")
+    if means.shape[0] == 1:
+        return means[0].copy(), variances[0].copy()
+    mean = means.mean(axis=0)
+    # population variance (ddof=0) of the member means
+    spread = np.mean(np.square(means - mean), axis=0)
+    return mean, variances.mean(axis=0) + spread
+
+
+def z_value(level: float = DEFAULT_LEVEL) -> float:
+    """The standard normal quantile for a two-sided interval at ``level`` (0.95 -> 1.95996...)."""
+    if not (0.0 < level < 1.0):
+        raise ValueError(f"confidence level must be between 0 and 1 (exclusive), got {level}")
+    return NormalDist().inv_cdf((1.0 + level) / 2.0)
+
+
+def interval(mean: Any, variance: Any, level: float = DEFAULT_LEVEL) -> tuple[Any, Any]:
+    """(low, high) = mean -+ z * sqrt(variance), element-wise."""
+    z = z_value(level)
+    half = z * np.sqrt(variance)
+    return mean - half, mean + half
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """One predicted target as it appears in the outputs of a run.
+
+    ``key`` is the target name, or ``<module>.<name>`` when two modules of the
+    same run predict a target of the same name.
+    """
+
+    key: str
+    name: str
+    unit: str
+    field: int | None
+    module: str
+    module_version: str
+
+    def columns(self) -> tuple[str, str, str, str]:
+        """CSV columns: mean and variance (MIMIR's names), then the interval bounds."""
+        k, u = self.key, self.unit
+        return (f"{k}_mean_in_{u}", f"{k}_variance_in_{u}", f"{k}_ci_low_in_{u}", f"{k}_ci_high_in_{u}")
+
+
+@dataclass(frozen=True)
+class TargetPrediction:
+    """The prediction of one target for one subject."""
+
+    target: OutputTarget
+    value: float
+    variance: float
+    level: float = DEFAULT_LEVEL
+
+    @property
+    def sd(self) -> float:
+        return math.sqrt(self.variance) if self.variance >= 0 else math.nan
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        low, high = interval(self.value, self.variance, self.level)
+        return float(low), float(high)
+
+    def to_json(self) -> dict[str, Any]:
+        low, high = self.ci
+        t = self.target
+        return {
+            "value": _json_float(self.value),
+            "variance": _json_float(self.variance),
+            "sd": _json_float(self.sd),
+            "ci_low": _json_float(low),
+            "ci_high": _json_float(high),
+            "level": self.level,
+            "unit": t.unit,
+            "field": t.field,
+            "module": t.module,
+            "module_version": t.module_version,
+        }
+
+
+@dataclass
+class SubjectResult:
+    """Everything predicted for one input file, or why it failed.
+
+    ``name`` is the file name up to its first dot (as MIMIR names its rows);
+    ``eid`` and ``instance`` are parsed from it when it has the UK Biobank
+    form ``<eid>_<field>_<instance>_<array>``.
+    """
+
+    name: str
+    source: str = ""
+    eid: int | None = None
+    instance: int | None = None
+    predictions: list[TargetPrediction] = field(default_factory=list)
+    error: str | None = None
+
+    @classmethod
+    def for_input(cls, path: str | Path) -> SubjectResult:
+        name, eid, instance = parse_subject_name(path)
+        return cls(name=name, source=str(path), eid=eid, instance=instance)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_row(self, layout: Sequence[OutputTarget] | None = None) -> dict[str, Any]:
+        """One CSV row: ``name, eid, instance`` then four columns per target.
+
+        With ``layout``, the columns follow it (targets this subject lacks are empty).
+        """
+        row: dict[str, Any] = {
+            "name": self.name,
+            "eid": "" if self.eid is None else self.eid,
+            "instance": "" if self.instance is None else self.instance,
+        }
+        by_key = {p.target.key: p for p in self.predictions}
+        targets = layout if layout is not None else [p.target for p in self.predictions]
+        for t in targets:
+            cols = t.columns()
+            p = by_key.get(t.key)
+            if p is None:
+                row.update(dict.fromkeys(cols, ""))
+            else:
+                low, high = p.ci
+                row.update(zip(cols, (_csv_float(p.value), _csv_float(p.variance), _csv_float(low), _csv_float(high))))
+        return row
+
+    def to_json(self) -> dict[str, Any]:
+        """The subject as a JSON object: name, eid, instance, targets {key: {...}}."""
+        return {
+            "name": self.name,
+            "eid": self.eid,
+            "instance": self.instance,
+            "targets": {p.target.key: p.to_json() for p in self.predictions},
+        }
+
+
+def csv_header(layout: Sequence[OutputTarget]) -> list[str]:
+    """The CSV header for a run whose targets are ``layout``."""
+    header = ["name", "eid", "instance"]
+    for t in layout:
+        header.extend(t.columns())
+    return header
+
+
+def parse_subject_name(path: str | Path) -> tuple[str, int | None, int | None]:
+    """(name, eid, instance) of an input file, e.g. ``1000001_20201_2_0.zip`` -> (..., 1000001, 2)."""
+    name = Path(path).name.split(".")[0]
+    m = _UKB_NAME.match(name)
+    if m:
+        return name, int(m["eid"]), int(m["instance"])
+    return name, None, None
+
+
+def layout_for(modules: Iterable[tuple[str, str, Sequence[tuple[str, str, int | None]]]]) -> list[OutputTarget]:
+    """Output targets for modules given as (name, version, [(target, unit, field), ...]).
+
+    A target name predicted by more than one module is keyed ``<module>.<name>``
+    for every module that predicts it, so no column is ever ambiguous.
+    """
+    modules = list(modules)
+    counts: dict[str, int] = {}
+    for _, _, targets in modules:
+        for tname, _, _ in targets:
+            counts[tname] = counts.get(tname, 0) + 1
+    out = []
+    for mname, mversion, targets in modules:
+        for tname, unit, fid in targets:
+            key = tname if counts[tname] == 1 else f"{mname}.{tname}"
+            out.append(OutputTarget(key=key, name=tname, unit=unit, field=fid, module=mname, module_version=mversion))
+    return out
+
+
+def _csv_float(x: float) -> str:
+    return repr(float(x))
+
+
+def _json_float(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
