@@ -12,3 +12,13 @@ def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("MIMIR_HOME", str(root / "home"))
     monkeypatch.setenv("MIMIR_CACHE", str(root / "cache"))
     monkeypatch.delenv("MIMIR_WEIGHTS_MIRROR", raising=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Tests share 2 cores with each other; one torch thread avoids oversubscription."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    torch.set_num_threads(1)
