@@ -215,7 +215,7 @@ def fade_weights(overlap: int) -> np.ndarray:
     return (np.arange(max(overlap, 0)) + 1) / (float(overlap) + 1)
 
 
-def fade_and_correct(stations: list[np.ndarray], overlaps: np.ndarray) -> list[np.ndarray]:
+def fade_and_correct(stations: list[np.ndarray], overlaps: np.ndarray, copy: bool = True) -> list[np.ndarray]:
     """Fade station edges and equalise intensity across seams (spec 6.1-6.3).
 
     Parameters
@@ -224,12 +224,15 @@ def fade_and_correct(stations: list[np.ndarray], overlaps: np.ndarray) -> list[n
         Trimmed station voxels on the grid, any float dtype, (rows, cols, slices).
     overlaps:
         (S,) overlaps from :func:`plan_overlaps`.
+    copy:
+        With False, float32 inputs are modified in place (for callers that
+        own them); other inputs are always converted to new float32 arrays.
 
     Returns
     -------
-    New float32 arrays; the inputs are not modified.
+    float32 arrays; with ``copy=True`` the inputs are not modified.
     """
-    out = [np.array(v, dtype=np.float32) for v in stations]
+    out = [np.array(v, dtype=np.float32, copy=copy or v.dtype != np.float32) for v in stations]
     n = len(out)
     for i in range(n):
         if i < n - 1 and overlaps[i] > 0:
@@ -309,10 +312,12 @@ def fuse_stations(stations: StationSet) -> FusedVolumes:
         for i, station in enumerate(channel):
             v = station.voxels
             if needs_resampling(grid, i, v.shape):
-                v = resample_station(v, grid, i, dtype=np.float32)
+                v = resample_station(v, grid, i, dtype=np.float32)  # a new array: ours to modify
+            else:
+                v = v.copy()  # never modify the caller's stations
             v = v[:, :, plan.cut_start[i] : v.shape[2] - plan.cut_end[i]]
             placed.append(v)
-        faded = fade_and_correct(placed, plan.overlaps)
+        faded = fade_and_correct(placed, plan.overlaps, copy=False)
         fused.append(paste(faded, plan.start, plan.end))
     all_warnings = list(stations.warnings) + warnings
     return FusedVolumes(water=fused[0], fat=fused[1], warnings=all_warnings)

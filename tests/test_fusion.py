@@ -164,3 +164,10 @@ def test_paste_equals_the_running_sum(starts):
         naive[a[0] : b[0], a[1] : b[1], a[2] : b[2]] += v
     naive = np.swapaxes(np.flip(naive, 2), 0, 1)[:, :, 4:-4]
     assert np.array_equal(fusion.paste(stations, start, end), naive)
+
+
+def test_fusion_leaves_its_input_stations_untouched():
+    stations = make_station_set(seed=9)
+    before = [s.voxels.copy() for s in stations.water + stations.fat]
+    fuse_stations(stations)
+    assert all(np.array_equal(b, s.voxels) for b, s in zip(before, stations.water + stations.fat))
