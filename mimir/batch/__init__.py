@@ -1,0 +1,36 @@
+"""``mimir batch``: a whole release through preprocessing and inference, resumable and sharded.
+
+>>> from mimir.batch import run_batch
+>>> result = run_batch("ukb/20201/", "out/", modules=["module_bodycomp"], workers=8)
+>>> result.predicted, result.failed, result.exit_code
+
+Modules, one stage each, data flowing one way:
+
+- :mod:`~mimir.batch.inputs`: discovery, subject names, sharding by sha256 of the name;
+- :mod:`~mimir.batch.stages`: preprocessing (CPU, no torch) and inference (fixed-shape batches);
+- :mod:`~mimir.batch.local` / :mod:`~mimir.batch.ray_engine`: the engines;
+- :mod:`~mimir.batch.records`: one atomic record per subject, the validity key, the final outputs;
+- :mod:`~mimir.batch.progress`: the progress display;
+- :mod:`~mimir.batch.runner`: a run from plan to outputs;
+- :mod:`~mimir.batch.merge`: combining the output folders of shards.
+
+Importing this package loads neither torch nor Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["run_batch", "merge_outputs", "BatchResult", "MergeResult"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("run_batch", "BatchResult", "BatchOptions"):
+        from mimir.batch import runner
+
+        return getattr(runner, name)
+    if name in ("merge_outputs", "MergeResult"):
+        from mimir.batch import merge
+
+        return getattr(merge, name)
+    raise AttributeError(f"module 'mimir.batch' has no attribute {name!r}")
