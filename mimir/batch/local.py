@@ -152,6 +152,9 @@ def worker_main(conn: Connection, cache: bool, preprocess: Callable[..., tuple[A
     last; ``blocked_s`` is the time the previous message waited to be read.
     """
     _ignore_stop_signals()
+    from mimir.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # big arrays are reused from subject to subject instead of re-faulted
     if preprocess is None:
         from mimir.batch.stages import preprocess_or_error as preprocess
     blocked = 0.0
