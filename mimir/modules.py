@@ -385,6 +385,18 @@ def _staging_dir(dest: Path):
         raise
 
 
+def _ordinary_modes(folder: Path) -> None:
+    """Give a staged folder and its files the modes plain ``mkdir``/``open`` would.
+
+    ``mkdtemp`` makes the folder private; a module installed in a shared
+    ``MIMIR_HOME`` must be readable by everyone the umask allows.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def write_module(
     dest: str | os.PathLike[str],
     *,
@@ -443,6 +455,7 @@ def write_module(
             save_file(tensors, str(tmp / fname), metadata={"format": "pt", "module": name, "member": str(i)})
             spec.members.append(MemberSpec(file=fname, sha256=file_sha256(tmp / fname)))
         (tmp / MODULE_JSON).write_text(spec.dumps(), encoding="utf-8")
+        _ordinary_modes(tmp)
         _fsync_tree(tmp)
         replace_dir(tmp, dest)
     spec.path = dest

@@ -194,3 +194,19 @@ def test_light_imports_do_not_load_torch_or_requests() -> None:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_written_module_has_ordinary_permissions(tmp_path) -> None:
+    import stat
+
+    from conftest_models import random_resnet_state
+
+    umask = os.umask(0)
+    os.umask(umask)
+    dest = tmp_path / "m"
+    write_module(
+        dest, name="m", version="1", targets=_targets(1), state_dicts=[random_resnet_state(1, width=8, seed=0)],
+    )
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o777 & ~umask
+    for f in dest.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask
