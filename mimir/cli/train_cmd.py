@@ -1,0 +1,261 @@
+"""``mimir train``: train and calibrate a module on your own images and targets."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from mimir.cli.app import app, console, err_console, handle_errors
+
+
+class _RichProgress:
+    """Progress bars (total and current member) with loss and ETA; plain lines when not a terminal."""
+
+    def __init__(self, every: int = 50) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.live = err_console.is_terminal
+        self.every = every
+        self.bar = Progress(
+            TextColumn("{task.description:<24}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:>8}"),
+            TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err_console,
+            disable=not self.live,
+        )
+        self.total_task: Any = None
+        self.job_task: Any = None
+        self.load_task: Any = None
+        self._t = time.perf_counter()
+        self._its = 0
+        self._ema = math.nan
+
+    # TrainProgress protocol
+    def run_started(self, jobs: Any, iterations: int, done_iterations: int) -> None:
+        total = len(jobs) * iterations
+        if self.live:
+            self.bar.start()  # no-op when loading started it
+            self.total_task = self.bar.add_task("all members", total=total, completed=done_iterations, loss="", speed="")
+        self._total = total
+        self._done = done_iterations
+
+    def job_started(self, job: Any, label: str, start_iteration: int, iterations: int) -> None:
+        self._label = label
+        self._ema = math.nan
+        self._t = time.perf_counter()
+        self._its = 0
+        if self.live:
+            if self.job_task is not None:
+                self.bar.remove_task(self.job_task)
+            self.job_task = self.bar.add_task(label, total=iterations, completed=start_iteration, loss="", speed="")
+        else:
+            resumed = f" (resumed at iteration {start_iteration})" if start_iteration else ""
+            err_console.print(f"training {label}{resumed}", highlight=False, soft_wrap=True)
+
+    def step(self, job: Any, iteration: int, loss: float) -> None:
+        self._ema = loss if math.isnan(self._ema) else 0.95 * self._ema + 0.05 * loss
+        self._its += 1
+        self._done += 1
+        rate = self._its / max(time.perf_counter() - self._t, 1e-9)
+        if self.live:
+            fields = {"loss": f"{self._ema:.4f}", "speed": f"{rate:.2f} it/s"}
+            self.bar.update(self.job_task, completed=iteration, **fields)
+            self.bar.update(self.total_task, completed=self._done, **fields)
+        elif iteration % self.every == 0:
+            left = (self._total - self._done) / rate if rate > 0 else math.nan
+            err_console.print(
+                f"{self._label}: iteration {iteration}, loss {self._ema:.4f}, {rate:.2f} it/s, "
+                f"{self._done}/{self._total} total, ETA {left / 60:.1f} min",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    def job_finished(self, job: Any, seconds: float) -> None:
+        if not self.live:
+            err_console.print(f"finished {self._label} in {seconds / 60:.1f} min", highlight=False, soft_wrap=True)
+
+    def message(self, text: str) -> None:
+        err_console.print(text, highlight=False, soft_wrap=True)
+
+    def loading(self, done: int, total: int) -> None:
+        if self.live:
+            if self.load_task is None:
+                self.bar.start()
+                self.load_task = self.bar.add_task("loading images", total=total, loss="", speed="")
+            self.bar.update(self.load_task, completed=done)
+            if done == total:
+                self.bar.remove_task(self.load_task)
+        elif done == total or done % 500 == 0:
+            err_console.print(f"loaded {done}/{total} images", highlight=False)
+
+    def close(self) -> None:
+        if self.live:
+            self.bar.stop()
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.{digits}g}" if abs(v) >= 1000 else f"{v:.{digits}f}"
+
+
+@app.command("train")
+@handle_errors
+def train_cmd(
+    images: Path = typer.Argument(
+        ..., help="Folder of .npy images (mimir preprocess) or subject zips (preprocessed on the fly).", show_default=False
+    ),
+    targets_csv: Path = typer.Argument(
+        ..., metavar="TARGETS.csv", help="'name' column (image file stems), then one column per target; empty = missing.",
+        show_default=False,
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="Module folder to write.", show_default=False),
+    name: Optional[str] = typer.Option(None, "--name", help="Module name (default: the output folder's name)."),  # noqa: UP007
+    version: str = typer.Option("1.0", "--version", help="Module version recorded in module.json."),
+    members: int = typer.Option(5, "--members", "-k", min=1, help="Ensemble members (they differ by seed)."),
+    arch: str = typer.Option("resnet50", "--arch", help="Network architecture (resnet50)."),
+    width: int = typer.Option(64, "--width", min=1, help="Stem channels; 64 is torchvision's ResNet50, 8 a slim one."),
+    iterations: int = typer.Option(6000, "--iterations", "-i", min=1, help="Iterations per member."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per iteration."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (divided by 10 for the last fifth)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction held out for validation and calibration."),
+    folds: Optional[int] = typer.Option(  # noqa: UP007
+        None, "--folds", help="Calibrate on out-of-fold predictions of K folds instead (then train on everything)."
+    ),
+    max_shift: int = typer.Option(16, "--max-shift", min=0, help="Largest random translation in pixels."),
+    calibration: str = typer.Option(
+        "auce", "--calibration",
+        help="Fit the variance factor to: auce (all interval levels), ci95 (the 95 % interval) or nll (likelihood).",
+    ),
+    units: Optional[list[str]] = typer.Option(  # noqa: UP007
+        None, "--units", help="Units, e.g. 'weight_kg=kg,vat=L' (default: from the name's suffix)."
+    ),
+    fields: Optional[list[str]] = typer.Option(  # noqa: UP007
+        None, "--fields", help="UK Biobank field ids, e.g. 'weight=21002'."
+    ),
+    target_info: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "--target-info", help="CSV with columns name,unit,field describing the targets."
+    ),
+    description: str = typer.Option("", "--description", help="Description recorded in module.json."),
+    intended_use: str = typer.Option("", "--intended-use", help="Intended use recorded in module.json."),
+    init: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "--init", help="Start from a torchvision-format ResNet50 state dict (its width, 64 for ImageNet weights; fc is not loaded)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),  # noqa: UP007
+    seed: int = typer.Option(0, "--seed", help="Seed of splits, initialisation, batches and augmentation."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=1, help="Iterations between checkpoints."),
+    work_dir: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "--work-dir", help="Checkpoint folder (default: .<output>.train beside the output)."
+    ),
+    restart: bool = typer.Option(False, "--restart", help="Discard checkpoints of an earlier run and start afresh."),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep the checkpoint folder afterwards."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the image cache for zips."),
+) -> None:
+    """Train and calibrate a mean-variance ResNet50 ensemble; write it as a module.
+
+    Interrupted runs resume: run the same command again. The module works
+    with [bold]mimir predict -m OUTPUT[/] and [bold]mimir fetch-weights --from OUTPUT[/].
+
+    Example: [bold]mimir train images/ targets.csv -o my-module --members 5 --iterations 6000[/]
+    """
+    import torch
+
+    from mimir.training import train_module
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    progress = _RichProgress()
+    started = time.perf_counter()
+    try:
+        result = train_module(
+            images,
+            targets_csv,
+            output,
+            units=units,
+            fields=fields,
+            target_info_file=target_info,
+            device=device,
+            progress=progress,  # type: ignore[arg-type]
+            restart=restart,
+            keep_checkpoints=keep_checkpoints,
+            overwrite=force,
+            cache=not no_cache,
+            work_dir=work_dir,
+            source={"command": "mimir " + shlex.join(sys.argv[1:])} if sys.argv[1:2] == ["train"] else None,
+            name=name or output.name,
+            version=version,
+            description=description,
+            intended_use=intended_use,
+            arch=arch,
+            width=width,
+            members=members,
+            iterations=iterations,
+            batch_size=batch_size,
+            lr=lr,
+            val_fraction=val_fraction,
+            folds=folds,
+            max_shift=max_shift,
+            calibration=calibration,
+            seed=seed,
+            init=None if init is None else str(init),
+            checkpoint_every=checkpoint_every,
+        )
+    finally:
+        progress.close()
+    _print_summary(result, time.perf_counter() - started)
+
+
+def _print_summary(result: Any, seconds: float) -> None:
+    from rich.table import Table
+
+    spec = result.spec
+    if result.metrics:
+        table = Table(title=f"{spec.name}: held-out validation", title_justify="left")
+        for col in ("target", "unit", "N", "MAE", "R2", "ICC", "MAPE %", "cov95 raw", "cov95 cal", "factor"):
+            table.add_column(col, justify="left" if col in ("target", "unit") else "right")
+        for t in spec.targets:
+            m = result.metrics.get(t.name, {})
+            table.add_row(
+                t.name,
+                t.unit,
+                _fmt(m.get("n")),
+                _fmt(m.get("mae")),
+                _fmt(m.get("r2")),
+                _fmt(m.get("icc")),
+                _fmt(m.get("mape_percent"), 2),
+                _fmt(m.get("coverage95_uncalibrated")),
+                _fmt(m.get("coverage95_calibrated")),
+                _fmt(m.get("calibration_factor")),
+            )
+        console.print(table)
+    else:
+        console.print("no subjects held out: calibration factors are 1 and no validation metrics were recorded")
+    console.print(
+        f"wrote module {spec.name} ({len(spec.members)} member(s), width {spec.width}) to {spec.path} "
+        f"in {seconds / 60:.1f} min ({_fmt(result.iterations_per_second, 2)} it/s, "
+        f"{_fmt(result.images_per_second, 1)} img/s)",
+        highlight=False,
+    )
+    console.print(f"use it: mimir predict -m {spec.path} IMAGES...   install it: mimir fetch-weights --from {spec.path}")
