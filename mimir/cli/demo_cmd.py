@@ -33,6 +33,7 @@ def demo_cmd(
 
     Example: [bold]mimir demo[/]
     """
+    from rich import box
     from rich.table import Table
 
     from mimir.demo import result_json, run_demo
@@ -52,6 +53,7 @@ def demo_cmd(
     table = Table(
         title=f"synthetic subject {result.files['zip'].name} (seed {seed}), module {result.module} {result.module_version}",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
     for col, just in (
         ("target", "left"),
