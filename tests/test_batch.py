@@ -17,10 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-try:
-    from conftest_models import DEFAULT_TARGETS, random_resnet_state, save_images
-except ImportError:  # tests/ is a package
-    from tests.conftest_models import DEFAULT_TARGETS, random_resnet_state, save_images
+from conftest_models import DEFAULT_TARGETS, random_resnet_state, save_images
 
 from mimir.batch.inputs import collect, resolve_shard, select_shard, shard_of
 from mimir.batch.progress import LogMonitor, Monitor, RichMonitor, format_duration

@@ -12,10 +12,7 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from test_batch import batch, make_module, outputs, read_csv, record_files, synth_zips
-except ImportError:  # tests/ is a package
-    from tests.test_batch import batch, make_module, outputs, read_csv, record_files, synth_zips
+from test_batch import batch, make_module, outputs, read_csv, record_files, synth_zips
 
 REPO = Path(__file__).resolve().parents[1]
 N_GOOD = 8

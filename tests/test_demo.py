@@ -12,10 +12,7 @@ from typer.testing import CliRunner
 from mimir.modules import read_module, verify_module
 from mimir.registry import builtin_modules_dir, get_module, installed_modules
 
-try:
-    from conftest_models import single_torch_thread  # noqa: F401  (fixture)
-except ImportError:  # tests/ is a package
-    from tests.conftest_models import single_torch_thread  # noqa: F401
+from conftest_models import single_torch_thread  # noqa: F401  (fixture)
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

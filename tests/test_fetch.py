@@ -11,10 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-try:
-    from conftest_models import FileServer, make_original_module, no_builtin_modules, random_resnet_state, single_torch_thread, zip_folder  # noqa: F401
-except ImportError:  # tests/ is a package
-    from tests.conftest_models import FileServer, make_original_module, no_builtin_modules, random_resnet_state, single_torch_thread, zip_folder  # noqa: F401
+from conftest_models import FileServer, make_original_module, no_builtin_modules, random_resnet_state, single_torch_thread, zip_folder  # noqa: F401
 
 from mimir import fetch
 from mimir.hashing import file_sha256

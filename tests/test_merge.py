@@ -9,12 +9,8 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-try:
-    from conftest_models import save_images
-    from test_batch import cli, make_module, outputs, read_csv
-except ImportError:  # tests/ is a package
-    from tests.conftest_models import save_images
-    from tests.test_batch import cli, make_module, outputs, read_csv
+from conftest_models import save_images
+from test_batch import cli, make_module, outputs, read_csv
 
 from mimir.batch.inputs import shard_of
 from mimir.batch.records import RecordStore

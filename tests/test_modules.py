@@ -11,10 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-try:
-    from conftest_models import DEFAULT_TARGETS, make_original_module, no_builtin_modules, random_resnet_state, single_torch_thread  # noqa: F401
-except ImportError:  # tests/ is a package
-    from tests.conftest_models import DEFAULT_TARGETS, make_original_module, no_builtin_modules, random_resnet_state, single_torch_thread  # noqa: F401
+from conftest_models import DEFAULT_TARGETS, make_original_module, no_builtin_modules, random_resnet_state, single_torch_thread  # noqa: F401
 
 from mimir import registry
 from mimir.errors import ModuleError

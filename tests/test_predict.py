@@ -15,30 +15,17 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from typer.testing import CliRunner
 
-try:
-    from conftest_models import (
-        DEFAULT_TARGETS,
-        make_original_module,
-        no_builtin_modules,  # noqa: F401  (fixture)
-        random_images,
-        random_resnet_state,
-        reference_prediction,
-        save_images,
-        single_torch_thread,  # noqa: F401  (fixture)
-        zip_folder,
-    )
-except ImportError:  # tests/ is a package
-    from tests.conftest_models import (
-        DEFAULT_TARGETS,
-        make_original_module,
-        no_builtin_modules,  # noqa: F401  (fixture)
-        random_images,
-        random_resnet_state,
-        reference_prediction,
-        save_images,
-        single_torch_thread,  # noqa: F401  (fixture)
-        zip_folder,
-    )
+from conftest_models import (
+    DEFAULT_TARGETS,
+    make_original_module,
+    no_builtin_modules,  # noqa: F401  (fixture)
+    random_images,
+    random_resnet_state,
+    reference_prediction,
+    save_images,
+    single_torch_thread,  # noqa: F401  (fixture)
+    zip_folder,
+)
 
 from mimir.errors import UsageError
 from mimir.inference import Predictor

@@ -13,12 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:
-    from conftest_models import save_images
-    from test_batch import batch, make_module, outputs, read_csv, record_files, synth_zips
-except ImportError:  # tests/ is a package
-    from tests.conftest_models import save_images
-    from tests.test_batch import batch, make_module, outputs, read_csv, record_files, synth_zips
+from conftest_models import save_images
+from test_batch import batch, make_module, outputs, read_csv, record_files, synth_zips
 
 from mimir.batch.records import RecordStore
 from mimir.batch.runner import run_batch

@@ -5,10 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-try:
-    from conftest_models import no_builtin_modules, single_torch_thread  # noqa: F401  (fixtures)
-except ImportError:  # tests/ is a package
-    from tests.conftest_models import no_builtin_modules, single_torch_thread  # noqa: F401  (fixtures)
+from conftest_models import no_builtin_modules, single_torch_thread  # noqa: F401  (fixtures)
 
 from mimir.errors import ModuleError
 from mimir.resnet import (

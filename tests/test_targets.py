@@ -8,10 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-try:
-    from conftest_models import no_builtin_modules, random_resnet_state, single_torch_thread  # noqa: F401
-except ImportError:  # tests/ is a package
-    from tests.conftest_models import no_builtin_modules, random_resnet_state, single_torch_thread  # noqa: F401
+from conftest_models import no_builtin_modules, random_resnet_state, single_torch_thread  # noqa: F401
 
 from mimir import registry
 from mimir.modules import TargetSpec, write_module

@@ -27,10 +27,7 @@ from mimir.training.data import (
 from mimir.training.loss import mean_variance_loss
 from mimir.training.trainer import learning_rate, plan_jobs
 
-try:
-    from conftest_models import single_torch_thread  # noqa: F401  (fixture)
-except ImportError:  # tests/ is a package
-    from tests.conftest_models import single_torch_thread  # noqa: F401
+from conftest_models import single_torch_thread  # noqa: F401  (fixture)
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

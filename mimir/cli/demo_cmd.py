@@ -54,6 +54,7 @@ def demo_cmd(
         title=f"synthetic subject {result.files['zip'].name} (seed {seed}), module {result.module} {result.module_version}",
         title_justify="left",
         box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
     for col, just in (
         ("target", "left"),
