@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 #: First seed of the training subjects (benchmarks use seeds from 500000 on, ``mimir demo`` from 900000).
 TRAIN_SEED0 = 10_000
 #: Default number of training subjects.
-TRAIN_N = 699
+TRAIN_N = 2000
 MODULE_DIR = ROOT / "mimir" / "data" / "modules" / "phantom-demo"
 
 #: The training command (after ``mimir train IMAGES TARGETS.csv -o MODULE_DIR``).
@@ -52,7 +52,7 @@ TRAIN_ARGS = [
     "--members", "4",
     "--arch", "resnet50",
     "--width", "8",
-    "--iterations", "2000",
+    "--iterations", "4000",
     "--batch-size", "16",
     "--lr", "1e-3",
     "--val-fraction", "0.2",
@@ -60,6 +60,7 @@ TRAIN_ARGS = [
     "--seed", "0",
     "--device", "cpu",
     "--threads", "1",
+    "--workers", "2",
     "--force",
     "--keep-checkpoints",
     "--units", "weight_kg=kg,height_cm=cm,vat_volume_l=L,asat_volume_l=L,liver_fat_percent=percent,"

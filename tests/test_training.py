@@ -245,9 +245,9 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path: Path
     # Interrupted in the second member, after its checkpoint at iteration 2 (iteration 3 is lost).
     with pytest.raises(KeyboardInterrupt):
         train(ds, infos, tmp_path / "res", TrainConfig(name="res", **cfg), work_dir=work, progress=_InterruptAt(1, 3))
-    assert (work / "job_holdout_m0.pt").is_file() and (work / "current.pt").is_file()
+    assert (work / "job_holdout_m0.pt").is_file() and (work / "current_holdout_m1.pt").is_file()
     assert not (tmp_path / "res").exists()
-    ckpt = torch.load(work / "current.pt", weights_only=True)
+    ckpt = torch.load(work / "current_holdout_m1.pt", weights_only=True)
     assert ckpt["job"] == "holdout_m1" and ckpt["iteration"] == 2
 
     started: list[tuple[int, int]] = []
@@ -262,6 +262,65 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path: Path
         for k in a:
             assert torch.equal(a[k], b[k]), k
     assert [t.calibration for t in ref.spec.targets] == [t.calibration for t in res.spec.targets]
+
+
+def test_parallel_workers_train_the_same_networks_as_a_sequential_run(tmp_path: Path) -> None:
+    data = _make_data(tmp_path / "data", n=8)
+    ds, infos = _dataset(data)
+    cfg = dict(TINY, members=3, iterations=3)
+    ref = train(ds, infos, tmp_path / "ref", TrainConfig(name="ref", **cfg))  # one thread (fixture)
+
+    finished: list[int] = []
+    steps: dict[int, list[int]] = {}
+
+    class Record(TrainProgress):
+        def step(self, job, iteration, loss) -> None:  # noqa: ANN001
+            steps.setdefault(job.index, []).append(iteration)
+
+        def job_finished(self, job, seconds) -> None:  # noqa: ANN001
+            finished.append(job.index)
+
+    par = train(
+        ds, infos, tmp_path / "par", TrainConfig(name="par", **cfg), workers=2, threads=1, progress=Record()
+    )
+    assert sorted(finished) == [0, 1, 2]
+    assert steps == {0: [1, 2, 3], 1: [1, 2, 3], 2: [1, 2, 3]}  # every worker's progress reached the parent
+    for a, b in zip(load_state_dicts(ref.spec), load_state_dicts(par.spec), strict=True):
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    assert [t.calibration for t in ref.spec.targets] == [t.calibration for t in par.spec.targets]
+    assert json.loads((tmp_path / "par" / "module.json").read_text())["source"]["training"]["workers"] == 2
+
+
+def test_a_parallel_run_resumes_from_a_sequential_runs_checkpoints(tmp_path: Path) -> None:
+    data = _make_data(tmp_path / "data", n=8)
+    ds, infos = _dataset(data)
+    cfg = dict(TINY, members=3, iterations=4, checkpoint_every=2)
+    ref = train(ds, infos, tmp_path / "ref", TrainConfig(name="ref", **cfg))
+    work = tmp_path / "work"
+    with pytest.raises(KeyboardInterrupt):  # member 1 stopped after its checkpoint at iteration 2
+        train(ds, infos, tmp_path / "res", TrainConfig(name="res", **cfg), work_dir=work, progress=_InterruptAt(1, 3))
+    started: list[tuple[int, int]] = []
+
+    class Record(TrainProgress):
+        def job_started(self, job, label, start_iteration, iterations) -> None:  # noqa: ANN001
+            started.append((job.index, start_iteration))
+
+    res = train(
+        ds, infos, tmp_path / "res", TrainConfig(name="res", **cfg), work_dir=work, workers=2, threads=1,
+        progress=Record(),
+    )
+    assert sorted(started) == [(1, 2), (2, 0)]
+    for a, b in zip(load_state_dicts(ref.spec), load_state_dicts(res.spec), strict=True):
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_workers_must_be_positive(tmp_path: Path) -> None:
+    data = _make_data(tmp_path / "data", n=8)
+    ds, infos = _dataset(data)
+    with pytest.raises(UsageError, match="--workers"):
+        train(ds, infos, tmp_path / "m", TrainConfig(name="m", **TINY), workers=0)
 
 
 def test_a_smaller_ensemble_reuses_finished_members(tmp_path: Path) -> None:
@@ -367,3 +426,52 @@ def test_cli_train_reports_bad_inputs_in_one_line(tmp_path: Path) -> None:
         ["train", str(data / "images"), str(data / "targets.csv"), "-o", str(tmp_path / "m"), "--calibration", "x"],
     )
     assert r.exit_code == 1 and "unknown calibration objective" in r.output
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm-to-parent"])
+def test_interrupted_parallel_cli_run_keeps_a_checkpoint_per_worker(tmp_path: Path, how: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = _make_data(tmp_path / "data", n=8)
+    work, out = tmp_path / "work", tmp_path / "out"
+    code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from mimir.cli import main; main()"
+    args = [
+        "train", str(data / "images"), str(data / "targets.csv"), "-o", str(out), "--work-dir", str(work),
+        "--workers", "2", "--threads", "1", "--width", "2", "--members", "2", "--iterations", "100000",
+        "--batch-size", "2", "--checkpoint-every", "3", "--val-fraction", "0.25", "--device", "cpu",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    ckpts = [work / "current_holdout_m0.pt", work / "current_holdout_m1.pt"]
+    deadline = time.monotonic() + 180
+    while not all(p.is_file() for p in ckpts):
+        assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the workers wrote no checkpoints in time"
+        time.sleep(0.05)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+    else:
+        proc.send_signal(signal.SIGTERM)  # a scheduler's kill of the main process only
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()
+    assert stderr.decode().strip().splitlines()[-1].endswith("interrupted")
+    assert not out.exists()
+    for p in ckpts:  # each worker checkpointed its own network as it stopped
+        ckpt = torch.load(p, weights_only=True)
+        assert ckpt["iteration"] >= 3 and ckpt["job"] == p.stem.removeprefix("current_")
+    deadline = time.monotonic() + 20  # no worker is left behind
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        left = subprocess.run(["ps", "-o", "pid,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+        raise AssertionError(f"processes left in the group: {left}")

@@ -42,11 +42,11 @@ class _RichProgress:
             disable=not self.live,
         )
         self.total_task: Any = None
-        self.job_task: Any = None
         self.load_task: Any = None
-        self._t = time.perf_counter()
-        self._its = 0
-        self._ema = math.nan
+        #: per running job: bar task, label, start time, iterations since start, loss EMA
+        self.jobs: dict[int, dict[str, Any]] = {}
+        self._run_t = time.perf_counter()
+        self._run_its = 0
 
     # TrainProgress protocol
     def run_started(self, jobs: Any, iterations: int, done_iterations: int) -> None:
@@ -56,41 +56,49 @@ class _RichProgress:
             self.total_task = self.bar.add_task("all members", total=total, completed=done_iterations, loss="", speed="")
         self._total = total
         self._done = done_iterations
+        self._run_t = time.perf_counter()
+        self._run_its = 0
 
     def job_started(self, job: Any, label: str, start_iteration: int, iterations: int) -> None:
-        self._label = label
-        self._ema = math.nan
-        self._t = time.perf_counter()
-        self._its = 0
+        state = {"label": label, "t": time.perf_counter(), "its": 0, "ema": math.nan, "task": None}
+        self.jobs[job.index] = state
         if self.live:
-            if self.job_task is not None:
-                self.bar.remove_task(self.job_task)
-            self.job_task = self.bar.add_task(label, total=iterations, completed=start_iteration, loss="", speed="")
+            state["task"] = self.bar.add_task(label, total=iterations, completed=start_iteration, loss="", speed="")
         else:
             resumed = f" (resumed at iteration {start_iteration})" if start_iteration else ""
             err_console.print(f"training {label}{resumed}", highlight=False, soft_wrap=True)
 
     def step(self, job: Any, iteration: int, loss: float) -> None:
-        self._ema = loss if math.isnan(self._ema) else 0.95 * self._ema + 0.05 * loss
-        self._its += 1
+        state = self.jobs[job.index]
+        state["ema"] = loss if math.isnan(state["ema"]) else 0.95 * state["ema"] + 0.05 * loss
+        state["its"] += 1
         self._done += 1
-        rate = self._its / max(time.perf_counter() - self._t, 1e-9)
+        self._run_its += 1
+        now = time.perf_counter()
+        rate = state["its"] / max(now - state["t"], 1e-9)
+        total_rate = self._run_its / max(now - self._run_t, 1e-9)  # all workers together
         if self.live:
-            fields = {"loss": f"{self._ema:.4f}", "speed": f"{rate:.2f} it/s"}
-            self.bar.update(self.job_task, completed=iteration, **fields)
-            self.bar.update(self.total_task, completed=self._done, **fields)
+            self.bar.update(state["task"], completed=iteration, loss=f"{state['ema']:.4f}", speed=f"{rate:.2f} it/s")
+            self.bar.update(
+                self.total_task, completed=self._done, loss=f"{state['ema']:.4f}", speed=f"{total_rate:.2f} it/s"
+            )
         elif iteration % self.every == 0:
-            left = (self._total - self._done) / rate if rate > 0 else math.nan
+            left = (self._total - self._done) / total_rate if total_rate > 0 else math.nan
             err_console.print(
-                f"{self._label}: iteration {iteration}, loss {self._ema:.4f}, {rate:.2f} it/s, "
+                f"{state['label']}: iteration {iteration}, loss {state['ema']:.4f}, {rate:.2f} it/s, "
                 f"{self._done}/{self._total} total, ETA {left / 60:.1f} min",
                 highlight=False,
                 soft_wrap=True,
             )
 
     def job_finished(self, job: Any, seconds: float) -> None:
-        if not self.live:
-            err_console.print(f"finished {self._label} in {seconds / 60:.1f} min", highlight=False, soft_wrap=True)
+        state = self.jobs.pop(job.index, None)
+        if state is None:
+            return
+        if self.live:
+            self.bar.remove_task(state["task"])
+        else:
+            err_console.print(f"finished {state['label']} in {seconds / 60:.1f} min", highlight=False, soft_wrap=True)
 
     def message(self, text: str) -> None:
         err_console.print(text, highlight=False, soft_wrap=True)
@@ -162,7 +170,12 @@ def train_cmd(
         None, "--init", help="Start from a torchvision-format ResNet50 state dict (its width, 64 for ImageNet weights; fc is not loaded)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),  # noqa: UP007
+    threads: Optional[int] = typer.Option(  # noqa: UP007
+        None, "--threads", min=1, help="CPU threads for torch (per worker with --workers)."
+    ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Networks trained at once, one process each (CPU: up to one per core)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of splits, initialisation, batches and augmentation."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=1, help="Iterations between checkpoints."),
     work_dir: Optional[Path] = typer.Option(  # noqa: UP007
@@ -221,6 +234,8 @@ def train_cmd(
             seed=seed,
             init=None if init is None else str(init),
             checkpoint_every=checkpoint_every,
+            workers=workers,
+            threads=threads,
         )
     finally:
         progress.close()
@@ -255,7 +270,8 @@ def _print_summary(result: Any, seconds: float) -> None:
     console.print(
         f"wrote module {spec.name} ({len(spec.members)} member(s), width {spec.width}) to {spec.path} "
         f"in {seconds / 60:.1f} min ({_fmt(result.iterations_per_second, 2)} it/s, "
-        f"{_fmt(result.images_per_second, 1)} img/s)",
+        f"{_fmt(result.images_per_second, 1)} img/s"
+        f"{f' per network, {result.workers} at once' if result.workers > 1 else ''})",
         highlight=False,
     )
     console.print(f"use it: mimir predict -m {spec.path} IMAGES...   install it: mimir fetch-weights --from {spec.path}")

@@ -37,6 +37,8 @@ def train_module(
     cache: bool = True,
     source: dict[str, Any] | None = None,
     work_dir: str | os.PathLike[str] | None = None,
+    workers: int = 1,
+    threads: int | None = None,
     **config: Any,
 ) -> TrainResult:
     """Train a module from a folder of images (``.npy`` or zips) and a targets CSV.
@@ -44,6 +46,8 @@ def train_module(
     ``config`` takes the fields of :class:`TrainConfig` (``name``, ``members``,
     ``width``, ``iterations``, ``batch_size``, ``lr``, ``val_fraction``,
     ``folds``, ``seed``, ...). ``name`` defaults to the output folder's name.
+    ``workers`` > 1 trains that many networks at once, in separate processes
+    with ``threads`` torch threads each.
     """
     from pathlib import Path
 
@@ -69,4 +73,6 @@ def train_module(
         keep_checkpoints=keep_checkpoints,
         overwrite=overwrite,
         source=source,
+        workers=workers,
+        threads=threads,
     )

@@ -64,7 +64,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ARCHITECTURES = ("resnet50",)
 STATE_FILE = "state.json"
-CURRENT_FILE = "current.pt"
 
 
 @dataclass
@@ -226,6 +225,8 @@ class TrainResult:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     iterations_per_second: float = math.nan
     images_per_second: float = math.nan
+    #: networks trained at once (the rates above are per network)
+    workers: int = 1
 
 
 def _sha256_of_file(path: str | os.PathLike[str]) -> str:
@@ -264,8 +265,10 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
 class _StopFlag:
     """Set by SIGINT/SIGTERM while training; checked between iterations."""
 
-    def __init__(self) -> None:
+    def __init__(self, escalate: bool = True) -> None:
         self.requested = False
+        #: a second signal stops at once (off in workers, which get the terminal's and the parent's)
+        self.escalate = escalate
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -275,7 +278,7 @@ class _StopFlag:
         previous = {}
 
         def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
-            if self.requested:  # second Ctrl-C: stop at once
+            if self.requested and self.escalate:  # second Ctrl-C: stop at once
                 raise KeyboardInterrupt
             self.requested = True
 
@@ -376,6 +379,10 @@ class Trainer:
     def _job_file(self, job: Job) -> Path:
         return self.work_dir / f"job_{job.key}.pt"
 
+    def _current_file(self, job: Job) -> Path:
+        """Checkpoint of a job in progress (one per job, so parallel workers never share one)."""
+        return self.work_dir / f"current_{job.key}.pt"
+
     def _save(self, obj: dict[str, Any], path: Path) -> None:
         with atomic_path(path, suffix=".pt") as tmp:
             self._torch.save(obj, tmp)
@@ -426,7 +433,7 @@ class Trainer:
         net = self._new_network(job).to(self.device).train()
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         start, train_seconds, last_loss = 0, 0.0, math.nan
-        ckpt = self._load(self.work_dir / CURRENT_FILE)
+        ckpt = self._load(self._current_file(job))
         if ckpt is not None and ckpt.get("job") == job.key:
             net.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -467,7 +474,7 @@ class Trainer:
                         "train_seconds": train_seconds,
                         "loss": last_loss,
                     },
-                    self.work_dir / CURRENT_FILE,
+                    self._current_file(job),
                 )
             if self.stop.requested:
                 raise KeyboardInterrupt
@@ -495,7 +502,7 @@ class Trainer:
             self._job_file(job),
         )
         with contextlib.suppress(FileNotFoundError):
-            (self.work_dir / CURRENT_FILE).unlink()
+            self._current_file(job).unlink()
         return result
 
     def _predict_raw(self, net: torch.nn.Module, images: torch.Tensor, idx: np.ndarray) -> np.ndarray:
@@ -514,8 +521,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
 
-    def run(self) -> list[JobResult]:
-        """Train every job not yet finished (resuming a checkpoint), in order."""
+    def run(self, workers: int = 1, threads: int | None = None) -> list[JobResult]:
+        """Train every job not yet finished (resuming checkpoints), in order.
+
+        ``workers`` > 1 trains that many networks at once in worker processes
+        (:mod:`mimir.training.workers`) with ``threads`` torch threads each;
+        every network is the same as in a sequential run with those threads.
+        """
         torch = self._torch
         images = torch.from_numpy(self.dataset.images)
         if self.device.type != "cpu":
@@ -523,10 +535,11 @@ class Trainer:
         cfg = self.config
         finished = {j.index: self._finished(j) for j in self.jobs}
         done_its = sum(cfg.iterations for r in finished.values() if r is not None)
-        ckpt = self._load(self.work_dir / CURRENT_FILE)
-        pending = {j.key for j in self.jobs if finished[j.index] is None}
-        if ckpt is not None and ckpt.get("job") in pending:
-            done_its += int(ckpt.get("iteration", 0))
+        for j in self.jobs:
+            if finished[j.index] is None:
+                ckpt = self._load(self._current_file(j))
+                if ckpt is not None and ckpt.get("job") == j.key:
+                    done_its += int(ckpt.get("iteration", 0))
         if done_its:
             self.progress.message(
                 f"resuming from checkpoints in {self.work_dir} "
@@ -534,7 +547,16 @@ class Trainer:
             )
         self.progress.run_started(self.jobs, cfg.iterations, done_its)
         results: list[JobResult] = []
+        pending = [j for j in self.jobs if finished[j.index] is None]
         with self.stop.installed():
+            if workers > 1 and len(pending) > 1:
+                from mimir.training.workers import run_parallel
+
+                run_parallel(self, pending, workers, threads)
+                for j in pending:
+                    finished[j.index] = self._finished(j)
+                    if finished[j.index] is None:
+                        raise ModuleError("was not written by its worker", path=os.fspath(self._job_file(j)))
             for job in self.jobs:
                 r = finished[job.index]
                 if r is None:
@@ -615,13 +637,17 @@ def train(
     keep_checkpoints: bool = False,
     overwrite: bool = False,
     source: dict[str, Any] | None = None,
+    workers: int = 1,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train an ensemble on ``dataset``, calibrate it, and write the module to ``out_dir``.
 
     ``work_dir`` (default: ``.<out_dir name>.train`` beside ``out_dir``) keeps
     checkpoints; it is removed after the module is written unless
     ``keep_checkpoints``. Raises :class:`UsageError` when ``out_dir`` exists
-    and ``overwrite`` is false.
+    and ``overwrite`` is false. ``workers`` > 1 trains that many networks at
+    once in separate processes, ``threads`` torch CPU threads each (see
+    :meth:`Trainer.run`).
     """
     from mimir.modules import TargetSpec, valid_name, write_module
 
@@ -632,7 +658,9 @@ def train(
         raise UsageError("already exists", path=os.fspath(out), hint="Choose another folder or pass --force.")
     work = Path(work_dir) if work_dir is not None else out.parent / f".{out.name}.train"
     trainer = Trainer(dataset, targets, config, work, device=device, progress=progress, restart=restart)
-    results = trainer.run()
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    results = trainer.run(workers=workers, threads=threads)
     jobs = trainer.jobs
     progress = trainer.progress
 
@@ -695,6 +723,7 @@ def train(
         },
         "training": {
             "device": str(trainer.device),
+            "workers": workers,
             "iterations_per_second": round(its, 3) if math.isfinite(its) else None,
             "images_per_second": round(its * config.batch_size, 2) if math.isfinite(its) else None,
             "final_batch_loss": [round(r.final_loss, 4) for _, r in members],
@@ -715,4 +744,6 @@ def train(
     )
     if not keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
-    return TrainResult(spec=spec, metrics=metrics, iterations_per_second=its, images_per_second=its * config.batch_size)
+    return TrainResult(
+        spec=spec, metrics=metrics, iterations_per_second=its, images_per_second=its * config.batch_size, workers=workers
+    )
