@@ -8,6 +8,11 @@ second and the fp32 size of one member::
     python benchmarks/train_speed.py                       # widths 8 12 16 64, batch 16, CPU
     python benchmarks/train_speed.py --widths 8 --threads 1 2 --device cpu
     python benchmarks/train_speed.py --device cuda --widths 8 64 --batch-size 32
+    python benchmarks/train_speed.py --widths 8 --threads 1 --processes 2 --iterations 30   # like --workers 2
+
+With ``--processes P`` the measurement runs in P processes at once (as
+``mimir train --workers P`` trains P networks at once); the it/s printed is
+their sum.
 """
 
 from __future__ import annotations
@@ -76,6 +81,15 @@ def measure(width: int, batch: int, device: str, iterations: int, targets: int =
     }
 
 
+def _measure_in_process(args: tuple[int, int, int, str, int]) -> dict[str, float]:
+    threads, width, batch, device, iterations = args
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return measure(width, batch, device, iterations)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", type=int, nargs="+", default=[8, 12, 16, 64])
@@ -83,16 +97,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[0], help="CPU threads (0 = torch's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--processes", type=int, default=1, help="measure in this many processes at once (sum printed)")
     a = ap.parse_args(argv)
     import torch
 
     print(f"device {a.device}, batch {a.batch_size}, torch {torch.__version__}")
+    print(f"processes {a.processes}")
     print("threads | width | params | MB/member | it/s | train img/s | inference img/s")
     for threads in a.threads:
         if threads:
             torch.set_num_threads(threads)
         for w in a.widths:
-            r = measure(w, a.batch_size, a.device, a.iterations)
+            if a.processes > 1:
+                import multiprocessing as mp
+
+                with mp.get_context("spawn").Pool(a.processes) as pool:
+                    rs = pool.map(_measure_in_process, [(threads, w, a.batch_size, a.device, a.iterations)] * a.processes)
+                r = {**rs[0], **{k: sum(x[k] for x in rs) for k in ("it_per_s", "train_img_per_s", "infer_img_per_s")}}
+            else:
+                r = measure(w, a.batch_size, a.device, a.iterations)
             print(
                 f"{threads or torch.get_num_threads():>7} | {w:>5} | {r['params']:>9,} | {r['member_mb']:>9.2f} | "
                 f"{r['it_per_s']:>5.2f} | {r['train_img_per_s']:>11.1f} | {r['infer_img_per_s']:>15.1f}",

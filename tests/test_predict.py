@@ -109,7 +109,9 @@ def test_original_module_import_and_predict_match_formulas(tmp_path: Path, no_ne
             assert float(row[f"{name}_ci_low_in_{unit}"]) == pytest.approx(mean - Z95 * math.sqrt(var), rel=1e-9, abs=1e-9)
             assert float(row[f"{name}_ci_high_in_{unit}"]) == pytest.approx(mean + Z95 * math.sqrt(var), rel=1e-9, abs=1e-9)
 
-    r = runner.invoke(_cli(), ["predict", *map(str, paths), "-o", str(out_json), "--ci", "0.9", "--device", "cpu"])
+    r = runner.invoke(
+        _cli(), ["predict", *map(str, paths), "-o", str(out_json), "--ci", "0.9", "--device", "cpu", "--threads", "1"]
+    )
     assert r.exit_code == 0, r.stderr
     doc = json.loads(out_json.read_text())
     assert [s["name"] for s in doc] == names and doc[0]["eid"] == 1000001 and doc[0]["instance"] == 2

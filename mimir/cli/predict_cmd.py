@@ -48,6 +48,9 @@ def predict_cmd(
     ),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the preprocessed-image cache."),
+    threads: Optional[int] = typer.Option(  # noqa: UP007
+        None, "--threads", min=1, help="CPU threads for torch (default: torch's choice, usually one per core)."
+    ),
 ) -> None:
     """Predict every target of the chosen modules, with confidence intervals.
 
@@ -68,6 +71,10 @@ def predict_cmd(
         if output.is_dir():
             raise UsageError("is a folder", path=str(output), hint="Give a .csv or .json file name.")
     files = _expand(inputs)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
     predictor = Predictor(module or None, device=device, gpu=gpu, precision=precision, batch_size=batch_size, level=ci)
     failed = 0
