@@ -1,7 +1,7 @@
 """Accuracy and calibration of the built-in demo module on unseen synthetic subjects.
 
 Draws ``--n`` full-size synthetic subjects with seeds ``--seed0 ..`` (never
-used in training: the demo module was trained on seeds 10000-10698), writes
+used in training: the demo module was trained on seeds 10000-11999), writes
 each as a real UK Biobank-style zip, runs every zip through the full
 pipeline (DICOM reading, fusion, projection) and the inference engine, and
 compares the calibrated predictions with the truth files.

@@ -15,7 +15,7 @@ the output folder::
     <out>/predictions.csv            what ``mimir predict -o`` writes
     <out>/comparison.csv             prediction, interval and truth per target
 
-The demo module was trained on synthetic subjects only (seeds 10000-10698);
+The demo module was trained on synthetic subjects only (seeds 10000-11999);
 the default demo seed lies outside that range, as does every seed the
 benchmark uses.
 """

@@ -48,7 +48,7 @@ MODULE_DIR = ROOT / "mimir" / "data" / "modules" / "phantom-demo"
 #: The training command (after ``mimir train IMAGES TARGETS.csv -o MODULE_DIR``).
 TRAIN_ARGS = [
     "--name", "phantom-demo",
-    "--version", "1.0",
+    "--version", "1.1",
     "--members", "4",
     "--arch", "resnet50",
     "--width", "8",

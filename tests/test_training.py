@@ -428,7 +428,7 @@ def test_cli_train_reports_bad_inputs_in_one_line(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "unknown calibration objective" in r.output
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm-to-parent"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm-to-parent", "kill-9-parent"])
 def test_interrupted_parallel_cli_run_keeps_a_checkpoint_per_worker(tmp_path: Path, how: str) -> None:
     import os
     import signal
@@ -456,11 +456,16 @@ def test_interrupted_parallel_cli_run_keeps_a_checkpoint_per_worker(tmp_path: Pa
         time.sleep(0.05)
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
-    else:
+    elif how == "sigterm-to-parent":
         proc.send_signal(signal.SIGTERM)  # a scheduler's kill of the main process only
+    else:
+        proc.kill()  # the main process dies at once; its workers must notice and stop
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr.decode()
-    assert stderr.decode().strip().splitlines()[-1].endswith("interrupted")
+    if how == "kill-9-parent":
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130, stderr.decode()
+        assert stderr.decode().strip().splitlines()[-1].endswith("interrupted")
     assert not out.exists()
     for p in ckpts:  # each worker checkpointed its own network as it stopped
         ckpt = torch.load(p, weights_only=True)

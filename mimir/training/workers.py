@@ -11,7 +11,8 @@ parallel run resumes sequentially or in parallel alike.
 The images are put in shared memory once and handed to the workers without
 copies. Workers report progress, results and errors to the parent over a
 queue; the parent drives the progress display. On Ctrl-C (or SIGTERM to the
-parent) every worker checkpoints its job and stops.
+parent) every worker checkpoints its job and stops; so does a worker whose
+parent was killed outright.
 """
 
 from __future__ import annotations
@@ -45,15 +46,19 @@ class _WorkerSetup:
 
 
 class _QueueProgress:
-    """Forwards a worker's progress events to the parent."""
+    """Forwards a worker's progress events to the parent; stops the worker when the parent is gone."""
 
-    def __init__(self, events: Any) -> None:
+    def __init__(self, events: Any, stop: Any) -> None:
         self.events = events
+        self.stop = stop
+        self.parent = os.getppid()
 
     def job_started(self, job: Job, label: str, start_iteration: int, iterations: int) -> None:
         self.events.put(("started", job.index, label, start_iteration, iterations))
 
     def step(self, job: Job, iteration: int, loss: float) -> None:
+        if os.getppid() != self.parent:  # the parent was killed (kill -9): checkpoint and stop, no orphans
+            self.stop.requested = True
         self.events.put(("step", job.index, iteration, loss))
 
     def message(self, text: str) -> None:
@@ -80,8 +85,8 @@ def _worker_main(setup: _WorkerSetup, images: torch.Tensor, jobs: Any, events: A
     trainer.__dict__.update(setup.trainer_state)
     trainer._torch = torch
     trainer.device = resolve_device(setup.device)
-    trainer.progress = _QueueProgress(events)  # type: ignore[assignment]
     trainer.stop = _StopFlag(escalate=False)
+    trainer.progress = _QueueProgress(events, trainer.stop)  # type: ignore[assignment]
     if trainer.device.type != "cpu":
         images = images.to(trainer.device)
     with trainer.stop.installed():
