@@ -52,7 +52,7 @@ TRAIN_ARGS = [
     "--members", "4",
     "--arch", "resnet50",
     "--width", "8",
-    "--iterations", "4000",
+    "--iterations", "5000",
     "--batch-size", "16",
     "--lr", "1e-3",
     "--val-fraction", "0.2",
