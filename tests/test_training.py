@@ -316,6 +316,21 @@ def test_a_parallel_run_resumes_from_a_sequential_runs_checkpoints(tmp_path: Pat
             assert torch.equal(a[k], b[k]), k
 
 
+def test_threads_apply_to_a_sequential_run_and_are_restored(tmp_path: Path) -> None:
+    data = _make_data(tmp_path / "data", n=8)
+    ds, infos = _dataset(data)
+    seen: list[int] = []
+
+    class Record(TrainProgress):
+        def step(self, job, iteration, loss) -> None:  # noqa: ANN001
+            seen.append(torch.get_num_threads())
+
+    torch.set_num_threads(1)
+    train(ds, infos, tmp_path / "m", TrainConfig(name="m", **dict(TINY, iterations=2)), threads=2, progress=Record())
+    assert seen == [2, 2, 2, 2]  # 2 members x 2 iterations, each with the threads asked for
+    assert torch.get_num_threads() == 1
+
+
 def test_workers_must_be_positive(tmp_path: Path) -> None:
     data = _make_data(tmp_path / "data", n=8)
     ds, infos = _dataset(data)

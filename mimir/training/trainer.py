@@ -548,7 +548,11 @@ class Trainer:
         self.progress.run_started(self.jobs, cfg.iterations, done_its)
         results: list[JobResult] = []
         pending = [j for j in self.jobs if finished[j.index] is None]
-        with self.stop.installed():
+        threads_before = torch.get_num_threads()
+        if threads is not None and not (workers > 1 and len(pending) > 1):
+            torch.set_num_threads(threads)  # a sequential run uses them itself
+        with self.stop.installed(), contextlib.ExitStack() as restore:
+            restore.callback(torch.set_num_threads, threads_before)
             if workers > 1 and len(pending) > 1:
                 from mimir.training.workers import run_parallel
 
