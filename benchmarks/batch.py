@@ -14,7 +14,7 @@ and reports, per run, the steady throughput (subjects finished after the
 first result, divided by the time from the first result to the last, so
 process start-up is left out), the end-to-end throughput (all subjects over
 the engine's wall time), and the share of time the inference stage waited
-for images. It also times inference alone (:class:`mimir.inference.Predictor`
+for images. It also times inference alone (:class:`mimir.inference.predictor.Predictor`
 on random images at the same batch size and thread count) to show what
 limits a warm run.
 
@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mimir.batch.runner import run_batch
-    from mimir.modules import TargetSpec, write_module
-    from mimir.resnet import mean_variance_resnet50
+    from mimir.models.modules import TargetSpec, write_module
+    from mimir.models.resnet import mean_variance_resnet50
 
     tmp = Path(tempfile.mkdtemp(prefix="mimir-bench-batch-"))
     os.environ["MIMIR_HOME"] = str(tmp / "home")
@@ -223,7 +223,7 @@ def _children_cpu() -> float:
 
 def _preprocess_no_cache(path: str) -> float:
     """Preprocess without the cache; return the CPU seconds it took."""
-    from mimir.pipeline import preprocess
+    from mimir.preprocessing.pipeline import preprocess
 
     t0 = time.process_time()
     preprocess(path, cache=False)
@@ -231,7 +231,7 @@ def _preprocess_no_cache(path: str) -> float:
 
 
 def _warm_up(_: int) -> None:
-    import mimir.pipeline  # noqa: F401
+    import mimir.preprocessing.pipeline  # noqa: F401
 
 
 def raw_pool(folder: Path, workers: int) -> dict:

@@ -13,7 +13,7 @@ ICC(2,1), and the coverage of the 95 % intervals (quality bar: 90-98 %)::
     python benchmarks/demo_accuracy.py                      # 200 subjects, seeds 500000-500199
     python benchmarks/demo_accuracy.py --n 20 --markdown table.md
 
-Each zip is preprocessed by ``mimir.pipeline.preprocess`` as soon as it is
+Each zip is preprocessed by ``mimir.preprocessing.pipeline.preprocess`` as soon as it is
 written; its image (``.npy``) and truth file are kept in ``--work`` (default
 ``.scratch/bench-demo``) and reused when the script runs again, the 50 MB zip
 is removed unless ``--keep-zips``.
@@ -44,14 +44,14 @@ COVERAGE_RANGE = (0.90, 0.98)
 def _prepare(args: tuple[int, str, bool]) -> str:
     """Generate subject ``seed`` as a zip and preprocess it; returns the path of its image (.npy).
 
-    The image is made from the zip by :func:`mimir.pipeline.preprocess` (the
+    The image is made from the zip by :func:`mimir.preprocessing.pipeline.preprocess` (the
     full pipeline); the 50 MB zip is then removed unless ``keep_zip``.
     """
     seed, work, keep_zip = args
     import numpy as np
 
-    from mimir.atomic import atomic_path
-    from mimir.pipeline import preprocess
+    from mimir.utils.atomic import atomic_path
+    from mimir.preprocessing.pipeline import preprocess
     from mimir.synth import generate_subject
 
     eid = 1_000_000 + seed
@@ -86,7 +86,7 @@ def evaluate(
     n: int, seed0: int, work: Path, module: str, workers: int, keep_zips: bool = False
 ) -> dict[str, dict[str, float]]:
     """Per-target figures of ``module`` on subjects ``seed0 .. seed0 + n - 1``."""
-    from mimir.inference import Predictor
+    from mimir.inference.predictor import Predictor
     from mimir.training.calibration import coverage
     from mimir.training.metrics import agreement
 

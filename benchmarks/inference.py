@@ -1,7 +1,7 @@
 """Inference throughput: images per second for ResNet50 mean-variance ensembles.
 
 Builds modules with random weights (ResNet50, 10 targets) in a temporary
-registry and times :meth:`mimir.inference.Predictor.predict_arrays` (upload,
+registry and times :meth:`mimir.inference.predictor.Predictor.predict_arrays` (upload,
 forward passes of every member, output conversion and mixture) on random
 uint8 images. Preprocessing is not included.
 
@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from mimir.inference import Predictor
-    from mimir.modules import TargetSpec, write_module
-    from mimir.resnet import mean_variance_resnet50
+    from mimir.inference.predictor import Predictor
+    from mimir.models.modules import TargetSpec, write_module
+    from mimir.models.resnet import mean_variance_resnet50
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -27,9 +27,9 @@ from pathlib import Path
 def _measure(zip_paths: list[str], queue: mp.Queue) -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-    from mimir.dicom_reader import read_signal_slices
-    from mimir.memory import reuse_freed_memory
-    from mimir.pipeline import preprocess
+    from mimir.preprocessing.reader import read_signal_slices
+    from mimir.utils.memory import reuse_freed_memory
+    from mimir.preprocessing.pipeline import preprocess
 
     reuse_freed_memory()
     for path in zip_paths:

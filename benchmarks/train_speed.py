@@ -31,7 +31,7 @@ def measure(width: int, batch: int, device: str, iterations: int, targets: int =
     """Median seconds per training iteration and images/s of training and inference."""
     import torch
 
-    from mimir.resnet import mean_variance_resnet50
+    from mimir.models.resnet import mean_variance_resnet50
     from mimir.training.data import random_shifts, shift_images
     from mimir.training.loss import mean_variance_loss
 

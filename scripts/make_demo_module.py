@@ -4,7 +4,7 @@
 Steps (each can be run alone; ``all`` runs them in order)::
 
     python scripts/make_demo_module.py data  --out .scratch/demo-train   # synthetic training images + targets.csv
-    python scripts/make_demo_module.py train --out .scratch/demo-train   # mimir train ... -> mimir/data/modules/phantom-demo
+    python scripts/make_demo_module.py train --out .scratch/demo-train   # mimir train ... -> src/mimir/data/modules/phantom-demo
     python scripts/make_demo_module.py all   --out .scratch/demo-train
 
 ``data`` draws full-size synthetic subjects with seeds ``TRAIN_SEED0 ..
@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE))
 TRAIN_SEED0 = 10_000
 #: Default number of training subjects.
 TRAIN_N = 2000
-MODULE_DIR = ROOT / "mimir" / "data" / "modules" / "phantom-demo"
+MODULE_DIR = ROOT / "src" / "mimir" / "data" / "modules" / "phantom-demo"
 
 #: The training command (after ``mimir train IMAGES TARGETS.csv -o MODULE_DIR``).
 TRAIN_ARGS = [
@@ -76,7 +76,7 @@ TRAIN_ARGS = [
 def _one(args: tuple[int, str]) -> tuple[int, dict[str, float] | None]:
     import numpy as np
 
-    from mimir.atomic import atomic_path, write_text
+    from mimir.utils.atomic import atomic_path, write_text
     from synth_images import DEMO_TARGETS, study_image
 
     seed, out = args
@@ -127,7 +127,7 @@ def make_data(out: Path, n: int, seed0: int, workers: int, check: bool) -> None:
 def write_targets_csv(out: Path, seed0: int = TRAIN_SEED0, n: int | None = None) -> int:
     """``targets.csv`` for seeds ``seed0 .. seed0 + n - 1`` (default: the longest run of
     consecutive seeds from ``seed0`` whose image and truth are written); returns the count."""
-    from mimir.atomic import write_text
+    from mimir.utils.atomic import write_text
     from synth_images import DEMO_TARGETS
 
     lines = ["name," + ",".join(DEMO_TARGETS)]

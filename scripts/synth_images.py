@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from mimir.dicom_reader import SignalSlice
-from mimir.fusion import fuse_stations
-from mimir.projection import make_image
-from mimir.stations import group_stations, pair_water_fat
+from mimir.preprocessing.reader import SignalSlice
+from mimir.preprocessing.fusion import fuse_stations
+from mimir.preprocessing.projection import make_image
+from mimir.preprocessing.stations import group_stations, pair_water_fat
 from mimir.synth import PIXEL_SPACING_TEXT, build_study
 from mimir.synth import dicom_writer as dw
 
@@ -57,7 +57,7 @@ def study_image(seed: int) -> tuple[np.ndarray, dict[str, object]]:
 
 def check_identical(seeds: list[int], tmp_dir: str) -> None:
     """Raise AssertionError unless the fast path equals ``mimir.preprocess`` of the written zip."""
-    from mimir.pipeline import preprocess
+    from mimir.preprocessing.pipeline import preprocess
     from mimir.synth import generate_subject
 
     for seed in seeds:

@@ -19,13 +19,13 @@ import torch
 
 import pytest
 
-from mimir.resnet import ResNet50
+from mimir.models.resnet import ResNet50
 
 
 @pytest.fixture
 def no_builtin_modules(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Hide the package's built-in modules (the demo one), so tests see only what they install."""
-    from mimir import registry
+    from mimir.models import registry
 
     empty = tmp_path_factory.mktemp("no-builtin")
     monkeypatch.setattr(registry, "builtin_modules_dir", lambda: empty)

@@ -1,6 +1,6 @@
 """A literal, slow transcription of preprocessing-spec.md sections 4-8, for tests.
 
-Written independently of mimir.fusion / mimir.projection: per-voxel trilinear
+Written independently of mimir.preprocessing.fusion / mimir.preprocessing.projection: per-voxel trilinear
 formula over a full index grid, loop-based overlap handling, brute-force
 slice-of-mass search, and scikit-image / OpenCV where they are installed.
 The fast pipeline must agree with it.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mimir.imageops import otsu_threshold as _our_otsu
-from mimir.imageops import resize_bilinear_u8 as _our_resize
+from mimir.preprocessing.imageops import otsu_threshold as _our_otsu
+from mimir.preprocessing.imageops import resize_bilinear_u8 as _our_resize
 
 try:  # the real reference libraries, when installed (pip install .[reference])
     from skimage.filters import threshold_otsu

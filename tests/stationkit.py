@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mimir.stations import Station, StationSet
+from mimir.preprocessing.stations import Station, StationSet
 
 PS = np.float32(2.2321429)
 

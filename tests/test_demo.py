@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mimir.modules import read_module, verify_module
-from mimir.registry import builtin_modules_dir, get_module, installed_modules
+from mimir.models.modules import read_module, verify_module
+from mimir.models.registry import builtin_modules_dir, get_module, installed_modules
 
 from conftest_models import single_torch_thread  # noqa: F401  (fixture)
 

@@ -1,9 +1,0 @@
-"""Command-line interface: a thin layer over the :mod:`mimir` Python API.
-
-Each command lives in its own module and registers itself on :data:`app`.
-"""
-
-from mimir.cli.app import app, main
-from mimir.cli import batch_cmd, demo_cmd, fetch_cmd, predict_cmd, preprocess_cmd, synth_cmd, targets_cmd, train_cmd  # noqa: F401  (registers commands)
-
-__all__ = ["app", "main"]

@@ -1,0 +1,18 @@
+"""Command-line interface: a thin layer over the :mod:`mimir` Python API.
+
+Each command lives in its own module and registers itself on :data:`app`.
+"""
+
+from mimir.cli import (  # noqa: F401  (registers commands)
+    batch_cmd,
+    demo_cmd,
+    fetch_cmd,
+    predict_cmd,
+    preprocess_cmd,
+    synth_cmd,
+    targets_cmd,
+    train_cmd,
+)
+from mimir.cli.app import app, main
+
+__all__ = ["app", "main"]

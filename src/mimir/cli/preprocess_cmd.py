@@ -1,0 +1,59 @@
+"""``mimir preprocess``: subject zips to ``mimir-v1`` images (.npy, optional PNG)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from mimir.cli.app import app, console, handle_errors, report_error, report_warning
+from mimir.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, InputError
+from mimir.utils import atomic
+
+
+@app.command()
+@handle_errors
+def preprocess(
+    zips: list[Path] = typer.Argument(..., help="Subject zips (UK Biobank field 20201).", show_default=False),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for <zip stem>.npy (and .png)."),
+    png: bool = typer.Option(False, "--png", help="Also write a preview PNG of the three channels."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the image cache (MIMIR_CACHE)."),
+) -> None:
+    """Turn subject zips into 3 x 256 x 256 uint8 images (water, fat, fat fraction).
+
+    Example: [bold]mimir preprocess 1000001_20201_2_0.zip -o images/ --png[/]
+    """
+    from mimir.outputs.preview import write_preview
+    from mimir.preprocessing.pipeline import preprocess as run_pipeline
+
+    failed = 0
+    for zip_path in zips:
+        started = time.perf_counter()
+        try:
+            image = run_pipeline(zip_path, cache=cache)
+        except InputError as exc:
+            report_error(str(exc))
+            failed += 1
+            continue
+        stem = zip_path.name[:-4] if zip_path.name.lower().endswith(".zip") else zip_path.name
+        npy = out / f"{stem}.npy"
+        with atomic.atomic_path(npy, suffix=".npy") as tmp:
+            np.save(tmp, image, allow_pickle=False)
+        written = [str(npy)]
+        if png:
+            write_preview(out / f"{stem}.png", image)
+            written.append(str(out / f"{stem}.png"))
+        console.print(
+            f"[green]ok[/] {zip_path.name} -> {', '.join(written)} "
+            f"[dim]({time.perf_counter() - started:.2f} s)[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if failed:
+        if failed == len(zips):
+            raise typer.Exit(EXIT_ERROR)
+        report_warning(f"{failed} of {len(zips)} subjects failed")
+        raise typer.Exit(EXIT_PARTIAL)
+    raise typer.Exit(EXIT_OK)

@@ -1,0 +1,653 @@
+"""The inference module format: read, validate, verify, write, convert.
+
+A module is a folder::
+
+    <name>/
+        module.json              what the module is (see docs/modules.md)
+        member_0.safetensors     one file per ensemble member
+        member_1.safetensors
+        ...
+
+``module.json`` records the name, version, description, intended use, the
+architecture (ResNet50 and its width), the input pipeline version, the
+targets (name, UK Biobank field, unit, divisor, standardisation mean/sd,
+calibration factor, published metrics where known) and the members (file
+name and sha256). A member whose file does not hash to the recorded sha256 is
+refused when the module is loaded.
+
+The published MIMIR modules come in another layout (``snapshot.pth.tar``,
+``metadata.txt``, ``standardization_parameters.txt``,
+``calibration_factors.txt``); :func:`convert_original` turns such a folder into
+ours, recording the hashes of the original files.
+
+torch and safetensors are imported only by the functions that need them, so
+reading ``module.json`` (for ``list-targets``) stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mimir import __version__
+from mimir.errors import ModuleError
+from mimir.utils.hashing import file_sha256
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+    from mimir.models.resnet import ResNet50
+
+#: ``format`` value of every module.json
+FORMAT = "mimir-module"
+#: Version of the module.json schema this code writes and reads.
+FORMAT_VERSION = 1
+MODULE_JSON = "module.json"
+ARCHITECTURES = ("resnet50",)
+#: Pipeline version assumed when none is given (the published MIMIR modules).
+DEFAULT_PIPELINE = "mimir-v1"
+
+#: Files of a module in the original MIMIR layout.
+ORIGINAL_FILES = ("snapshot.pth.tar", "metadata.txt", "standardization_parameters.txt", "calibration_factors.txt")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def valid_name(name: str) -> bool:
+    """Module names: letters, digits, ``._-``, starting with a letter or digit."""
+    return bool(_NAME.match(name or ""))
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass
+class TargetSpec:
+    """One target of a module, and how to turn raw output into its unit."""
+
+    name: str
+    unit: str
+    field: int | None = None
+    divisor: float = 1.0
+    mean: float = 0.0
+    sd: float = 1.0
+    calibration: float = 1.0
+    #: published validation figures, e.g. {"cv": {"n":..,"icc":..,"r2":..,"mae":..,"mape_percent":..}}
+    metrics: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "field": self.field,
+            "unit": self.unit,
+            "divisor": self.divisor,
+            "standardization": {"mean": self.mean, "sd": self.sd},
+            "calibration_factor": self.calibration,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> TargetSpec:
+        std = d.get("standardization") or {}
+        return cls(
+            name=str(d["name"]),
+            unit=str(d.get("unit", "")),
+            field=None if d.get("field") in (None, "") else int(d["field"]),
+            divisor=float(d.get("divisor", 1.0)),
+            mean=float(std["mean"]),
+            sd=float(std["sd"]),
+            calibration=float(d.get("calibration_factor", 1.0)),
+            metrics=d.get("metrics"),
+        )
+
+
+@dataclass
+class MemberSpec:
+    """One ensemble member: a safetensors file and its sha256."""
+
+    file: str
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256}
+
+
+@dataclass
+class ModuleSpec:
+    """What ``module.json`` says, plus where the module lives."""
+
+    name: str
+    version: str
+    targets: list[TargetSpec]
+    members: list[MemberSpec] = field(default_factory=list)
+    description: str = ""
+    intended_use: str = ""
+    architecture: str = "resnet50"
+    width: int = 64
+    input_pipeline: str = DEFAULT_PIPELINE
+    #: provenance: how the module was made or converted (free-form, JSON-serialisable)
+    source: dict[str, Any] = field(default_factory=dict)
+    #: folder holding module.json (not serialised)
+    path: Path | None = None
+    #: shipped inside the package (not serialised)
+    builtin: bool = False
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.targets)
+
+    @property
+    def num_outputs(self) -> int:
+        return 2 * len(self.targets)
+
+    def member_path(self, member: MemberSpec) -> Path:
+        if self.path is None:
+            raise ModuleError("module has no folder", path=self.name)
+        return self.path / member.file
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "intended_use": self.intended_use,
+            "architecture": {"name": self.architecture, "width": self.width, "output": "mean_logvar"},
+            "input": {"pipeline": self.input_pipeline, "shape": [3, 256, 256], "dtype": "uint8", "scaling": "none"},
+            "targets": [t.to_json() for t in self.targets],
+            "members": [m.to_json() for m in self.members],
+            "source": self.source,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
+
+    def identity(self) -> dict[str, Any]:
+        """Provenance record: name, version, member sha256s and the digest of module.json."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "members": [m.sha256 for m in self.members],
+            "digest": self.digest,
+        }
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of this spec (changes with any field or member)."""
+        canon = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+    def arrays(self) -> tuple[list[float], list[float], list[float], list[float]]:
+        """(mean, sd, calibration, divisor) per target, for :func:`mimir.inference.predictions.convert_output`."""
+        t = self.targets
+        return [x.mean for x in t], [x.sd for x in t], [x.calibration for x in t], [x.divisor for x in t]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(cond: bool, message: str, where: str) -> None:
+    if not cond:
+        raise ModuleError(message, path=where, hint="The module is malformed; reinstall it with mimir fetch-weights.")
+
+
+def spec_from_json(data: Any, *, path: Path | None = None, where: str = MODULE_JSON) -> ModuleSpec:
+    """Validate a parsed module.json and build the :class:`ModuleSpec`."""
+    _check(isinstance(data, dict), "module.json is not a JSON object", where)
+    _check(data.get("format") == FORMAT, f"not a mimir module (format is {data.get('format')!r})", where)
+    fv = data.get("format_version")
+    _check(isinstance(fv, int), "format_version missing", where)
+    if fv > FORMAT_VERSION:
+        raise ModuleError(
+            f"module format version {fv} is newer than this mimir understands ({FORMAT_VERSION})",
+            path=where,
+            hint="Upgrade mimir.",
+        )
+    name = data.get("name")
+    _check(isinstance(name, str) and valid_name(name), f"invalid module name {name!r}", where)
+    version = data.get("version")
+    _check(isinstance(version, str) and version != "", "version missing", where)
+    arch = data.get("architecture") or {}
+    _check(isinstance(arch, dict), "architecture must be an object", where)
+    _check(arch.get("name") in ARCHITECTURES, f"unknown architecture {arch.get('name')!r}", where)
+    width = arch.get("width", 64)
+    _check(isinstance(width, int) and width >= 1, f"invalid width {width!r}", where)
+    inp = data.get("input") or {}
+    targets_raw = data.get("targets")
+    _check(isinstance(targets_raw, list) and len(targets_raw) > 0, "no targets", where)
+    targets = []
+    for i, t in enumerate(targets_raw):
+        try:
+            spec = TargetSpec.from_json(t)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModuleError(f"target {i} is malformed ({type(exc).__name__}: {exc})", path=where) from None
+        _validate_target(spec, where)
+        targets.append(spec)
+    names = [t.name for t in targets]
+    _check(len(set(names)) == len(names), "duplicate target names", where)
+    members_raw = data.get("members")
+    _check(isinstance(members_raw, list) and len(members_raw) > 0, "no members", where)
+    members = []
+    for m in members_raw:
+        _check(isinstance(m, dict), "member entry is not an object", where)
+        f, h = m.get("file"), m.get("sha256")
+        _check(
+            isinstance(f, str) and f.endswith(".safetensors") and "/" not in f and "\\" not in f and not f.startswith("."),
+            f"invalid member file {f!r}",
+            where,
+        )
+        _check(isinstance(h, str) and bool(_SHA256.match(h)), f"invalid sha256 for {f}", where)
+        members.append(MemberSpec(file=f, sha256=h))
+    _check(len({m.file for m in members}) == len(members), "duplicate member files", where)
+    return ModuleSpec(
+        name=name,
+        version=version,
+        targets=targets,
+        members=members,
+        description=str(data.get("description", "")),
+        intended_use=str(data.get("intended_use", "")),
+        architecture=arch["name"],
+        width=width,
+        input_pipeline=str(inp.get("pipeline", DEFAULT_PIPELINE)),
+        source=dict(data.get("source") or {}),
+        path=path,
+    )
+
+
+def _validate_target(t: TargetSpec, where: str) -> None:
+    _check(bool(t.name) and "," not in t.name, f"invalid target name {t.name!r}", where)
+    for label, v in (("mean", t.mean), ("sd", t.sd), ("calibration factor", t.calibration), ("divisor", t.divisor)):
+        _check(math.isfinite(v), f"target {t.name}: {label} is not finite", where)
+    _check(t.sd > 0, f"target {t.name}: standardisation sd must be > 0", where)
+    _check(t.calibration > 0, f"target {t.name}: calibration factor must be > 0", where)
+    _check(t.divisor != 0, f"target {t.name}: divisor must not be 0", where)
+
+
+def read_module(folder: str | os.PathLike[str]) -> ModuleSpec:
+    """Read and validate ``folder/module.json`` (no hashing, no torch)."""
+    folder = Path(folder)
+    mj = folder / MODULE_JSON
+    where = f"{folder.name}/{MODULE_JSON}"
+    try:
+        data = json.loads(mj.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModuleError("no module.json", path=folder.name, hint="Not a mimir module folder.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModuleError(f"unreadable module.json ({exc})", path=where) from None
+    return spec_from_json(data, path=folder, where=where)
+
+
+def verify_module(spec: ModuleSpec) -> None:
+    """Check that every member file exists and hashes to its recorded sha256."""
+    for m in spec.members:
+        p = spec.member_path(m)
+        if not p.is_file():
+            raise ModuleError(
+                f"member file {m.file} is missing", path=spec.name, hint=_reinstall_hint(spec)
+            )
+        got = file_sha256(p)
+        if got != m.sha256:
+            raise ModuleError(
+                f"member {m.file} fails verification: its sha256 starts {got[:16]}, module.json expects {m.sha256[:16]}",
+                path=spec.name,
+                hint=_reinstall_hint(spec),
+            )
+
+
+def _reinstall_hint(spec: ModuleSpec) -> str:
+    if spec.builtin:
+        return "The mimir installation is damaged; reinstall mimir."
+    return f"The file is damaged or was changed; reinstall with: mimir fetch-weights {spec.name} --force"
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def load_state_dicts(spec: ModuleSpec, *, verify: bool = True) -> list[dict[str, Tensor]]:
+    """Read every member's weights (CPU tensors), checking its sha256 first.
+
+    Each file is read once: the hash is taken over the very bytes that are
+    then parsed.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    out = []
+    for m in spec.members:
+        p = spec.member_path(m)
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            raise ModuleError(f"member file {m.file} is missing", path=spec.name, hint=_reinstall_hint(spec)) from None
+        if verify:
+            got = hashlib.sha256(data).hexdigest()
+            if got != m.sha256:
+                raise ModuleError(
+                    f"member {m.file} fails verification: its sha256 starts {got[:16]}, "
+                    f"module.json expects {m.sha256[:16]}",
+                    path=spec.name,
+                    hint=_reinstall_hint(spec),
+                )
+        try:
+            out.append(st_load(data))
+        except (SafetensorError, Exception) as exc:
+            raise ModuleError(f"member {m.file} is not a readable safetensors file ({exc})", path=spec.name) from None
+    return out
+
+
+def load_networks(spec: ModuleSpec, *, verify: bool = True) -> list[ResNet50]:
+    """The members as ResNet50s in eval mode on the CPU (weights loaded strictly)."""
+    from mimir.models.resnet import ResNet50, architecture_of
+
+    nets = []
+    for m, sd in zip(spec.members, load_state_dicts(spec, verify=verify)):
+        width, outputs = architecture_of(sd)
+        if width != spec.width or outputs != spec.num_outputs:
+            raise ModuleError(
+                f"member {m.file} is a width-{width} ResNet50 with {outputs} outputs, "
+                f"module.json says width {spec.width} with {spec.num_outputs} outputs",
+                path=spec.name,
+            )
+        net = ResNet50(num_outputs=outputs, width=width)
+        try:
+            net.load_state_dict(sd, strict=True)
+        except RuntimeError as exc:
+            raise ModuleError(f"member {m.file} does not fit a ResNet50: {str(exc).splitlines()[0]}", path=spec.name) from None
+        nets.append(net.eval())
+    return nets
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def _staging_dir(dest: Path):
+    """A fresh folder beside ``dest``; removed on failure."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".staging", dir=dest.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _ordinary_modes(folder: Path) -> None:
+    """Give a staged folder and its files the modes plain ``mkdir``/``open`` would.
+
+    ``mkdtemp`` makes the folder private; a module installed in a shared
+    ``MIMIR_HOME`` must be readable by everyone the umask allows.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def write_module(
+    dest: str | os.PathLike[str],
+    *,
+    name: str,
+    version: str,
+    targets: Sequence[TargetSpec],
+    state_dicts: Sequence[Mapping[str, Tensor]],
+    description: str = "",
+    intended_use: str = "",
+    input_pipeline: str = DEFAULT_PIPELINE,
+    source: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> ModuleSpec:
+    """Write a module folder at ``dest`` (atomically: all of it or nothing).
+
+    ``state_dicts`` are ResNet50 state dicts (any width, all the same), with
+    ``fc`` giving ``2 * len(targets)`` outputs. Members are saved as
+    ``member_<i>.safetensors``; their sha256 go into module.json.
+    """
+    from safetensors.torch import save_file
+
+    from mimir.models.resnet import architecture_of
+
+    dest = Path(dest)
+    if not valid_name(name):
+        raise ModuleError(f"invalid module name {name!r}", hint="Use letters, digits, '.', '_' or '-'.")
+    if not state_dicts:
+        raise ModuleError("a module needs at least one member", path=name)
+    archs = {architecture_of(sd) for sd in state_dicts}
+    if len(archs) != 1:
+        raise ModuleError(f"members differ in architecture: {sorted(archs)}", path=name)
+    width, outputs = archs.pop()
+    if outputs != 2 * len(targets):
+        raise ModuleError(
+            f"networks give {outputs} outputs, {len(targets)} targets need {2 * len(targets)}", path=name
+        )
+    for t in targets:
+        _validate_target(t, name)
+    if dest.exists() and not overwrite:
+        raise ModuleError("already exists", path=str(dest), hint="Choose another folder or pass overwrite=True.")
+
+    spec = ModuleSpec(
+        name=name,
+        version=str(version),
+        targets=list(targets),
+        description=description,
+        intended_use=intended_use,
+        width=width,
+        input_pipeline=input_pipeline,
+        source=dict(source or {}),
+    )
+    with _staging_dir(dest) as tmp:
+        for i, sd in enumerate(state_dicts):
+            fname = f"member_{i}.safetensors"
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+            save_file(tensors, str(tmp / fname), metadata={"format": "pt", "module": name, "member": str(i)})
+            spec.members.append(MemberSpec(file=fname, sha256=file_sha256(tmp / fname)))
+        (tmp / MODULE_JSON).write_text(spec.dumps(), encoding="utf-8")
+        _ordinary_modes(tmp)
+        _fsync_tree(tmp)
+        replace_dir(tmp, dest)
+    spec.path = dest
+    return spec
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.iterdir():
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def replace_dir(src: Path, dest: Path) -> None:
+    """Move folder ``src`` to ``dest``, replacing any existing ``dest``.
+
+    The new folder is complete before it is renamed into place; an old one is
+    first renamed aside and removed only after the new one is in place (and
+    put back if that fails).
+    """
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{id(src) & 0xFFFF:x}")
+        os.replace(dest, old)
+    try:
+        os.replace(src, dest)
+    except BaseException:
+        if old is not None:
+            os.replace(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- original MIMIR format
+
+
+def is_original_format(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` looks like a published MIMIR module (snapshot.pth.tar + metadata.txt)."""
+    folder = Path(folder)
+    return (folder / "snapshot.pth.tar").is_file() and (folder / "metadata.txt").is_file()
+
+
+def is_module_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` holds a module in our format."""
+    return (Path(folder) / MODULE_JSON).is_file()
+
+
+def find_module_root(folder: str | os.PathLike[str]) -> Path:
+    """The module folder in ``folder``: itself, or its only sub-folder that is one.
+
+    Archives often hold one top folder (``module_bodycomp/...``); this finds it.
+    """
+    folder = Path(folder)
+    if is_module_folder(folder) or is_original_format(folder):
+        return folder
+    subs = [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_dir() and not p.name.startswith(("__MACOSX", ".")) and (is_module_folder(p) or is_original_format(p))
+    ]
+    if len(subs) == 1:
+        return subs[0]
+    if not subs:
+        raise ModuleError(
+            "holds no module (neither module.json nor MIMIR's snapshot.pth.tar + metadata.txt)",
+            path=folder.name,
+        )
+    raise ModuleError(f"holds {len(subs)} modules; import them one at a time", path=folder.name)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ModuleError("missing (needed to convert a MIMIR module)", path=path.name) from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def _floats(values: Sequence[str], where: str) -> list[float]:
+    try:
+        out = [float(v) for v in values]
+    except ValueError as exc:
+        raise ModuleError(f"not a number ({exc})", path=where) from None
+    return out
+
+
+def read_original_targets(folder: str | os.PathLike[str]) -> list[TargetSpec]:
+    """Targets of a module in the original MIMIR layout, from its three text files.
+
+    ``metadata.txt``: header ``Name,Field,Unit,Divisor``, one row per target;
+    ``standardization_parameters.txt``: header, then ``mean,stdev`` per target;
+    ``calibration_factors.txt``: header, then one factor per target. Published
+    metrics are filled in from the catalogue where the target name is known.
+    """
+    from mimir.models.catalogue import catalogue_by_name
+
+    folder = Path(folder)
+    meta_lines = _read_lines(folder / "metadata.txt")
+    if len(meta_lines) < 2:
+        raise ModuleError("has no targets", path="metadata.txt")
+    rows = list(csv.reader(meta_lines[1:]))
+    std_lines = _read_lines(folder / "standardization_parameters.txt")[1:]
+    cal_text = _read_lines(folder / "calibration_factors.txt")[1:]
+    cal_values = [v.strip() for ln in cal_text for v in ln.split(",") if v.strip()]
+    t = len(rows)
+    if len(std_lines) != t:
+        raise ModuleError(f"has {len(std_lines)} rows, metadata.txt has {t} targets", path="standardization_parameters.txt")
+    if len(cal_values) != t:
+        raise ModuleError(f"has {len(cal_values)} factors, metadata.txt has {t} targets", path="calibration_factors.txt")
+    cal = _floats(cal_values, "calibration_factors.txt")
+    cat = catalogue_by_name()
+    targets = []
+    for i, (row, std) in enumerate(zip(rows, std_lines)):
+        if len(row) < 4:
+            raise ModuleError(f"row {i + 2} has {len(row)} fields, expected Name,Field,Unit,Divisor", path="metadata.txt")
+        name, fid, unit, div = (x.strip() for x in row[:4])
+        mean_sd = _floats([x.strip() for x in std.split(",")[:2]], "standardization_parameters.txt")
+        if len(mean_sd) != 2:
+            raise ModuleError(f"row {i + 2} is not mean,stdev", path="standardization_parameters.txt")
+        try:
+            field_id = int(float(fid)) if fid else None
+        except ValueError:
+            field_id = None
+        entry = cat.get(name)
+        spec = TargetSpec(
+            name=name,
+            unit=unit,
+            field=field_id,
+            divisor=_floats([div], "metadata.txt")[0],
+            mean=mean_sd[0],
+            sd=mean_sd[1],
+            calibration=cal[i],
+            metrics=(entry.metrics_json() or None) if entry is not None else None,
+        )
+        _validate_target(spec, "metadata.txt")
+        targets.append(spec)
+    return targets
+
+
+def convert_original(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    version: str = "1.0",
+    description: str | None = None,
+    intended_use: str | None = None,
+    overwrite: bool = False,
+) -> ModuleSpec:
+    """Convert a module in the original MIMIR layout at ``src`` into our format at ``dest``.
+
+    The snapshot is read with ``torch.load(weights_only=True)``; the sha256
+    of every original file is recorded under ``source`` in module.json.
+    """
+    from mimir.models.resnet import architecture_of, load_checkpoint
+
+    src = Path(src)
+    name = name or src.name
+    if not valid_name(name):
+        raise ModuleError(f"invalid module name {name!r}", hint="Pass a name with letters, digits, '.', '_' or '-'.")
+    targets = read_original_targets(src)
+    sd = load_checkpoint(src / "snapshot.pth.tar")
+    width, outputs = architecture_of(sd)
+    if outputs != 2 * len(targets):
+        raise ModuleError(
+            f"network gives {outputs} outputs but metadata.txt lists {len(targets)} targets "
+            f"(expected {2 * len(targets)})",
+            path="snapshot.pth.tar",
+        )
+    source = {
+        "kind": "converted from the original MIMIR module format",
+        "original_name": src.name,
+        "original_files": {f: file_sha256(src / f) for f in ORIGINAL_FILES if (src / f).is_file()},
+        "converted_by": f"mimir {__version__}",
+    }
+    return write_module(
+        dest,
+        name=name,
+        version=version,
+        targets=targets,
+        state_dicts=[sd],
+        description=description
+        if description is not None
+        else f"MIMIR inference module {src.name} (Langner et al.), converted from its original format.",
+        intended_use=intended_use
+        if intended_use is not None
+        else (
+            "Research use on UK Biobank neck-to-knee Dixon body MRI (field 20201), adults 44-82 years; "
+            "not a medical device."
+        ),
+        input_pipeline=DEFAULT_PIPELINE,
+        source=source,
+        overwrite=overwrite,
+    )

@@ -1,0 +1,115 @@
+"""Writing results: CSV, JSON and the Rich table, all from :class:`SubjectResult` records.
+
+CSV: one row per subject; ``name``, ``eid``, ``instance``, then for each
+target ``<Name>_mean_in_<Unit>``, ``<Name>_variance_in_<Unit>`` (MIMIR's
+column names), ``<Name>_ci_low_in_<Unit>``, ``<Name>_ci_high_in_<Unit>``.
+
+JSON: a list of subjects, each ``{"name", "eid", "instance", "targets":
+{<Name>: {"value", "variance", "sd", "ci_low", "ci_high", "level", "unit",
+"field", "module", "module_version"}}}``; non-finite numbers are ``null``.
+
+Files are written atomically (:mod:`mimir.utils.atomic`). Failed subjects
+(``error`` set) are left out; they are reported separately.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mimir.errors import UsageError
+from mimir.inference.predictions import OutputTarget, SubjectResult, csv_header
+from mimir.utils import atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+FORMATS = {".csv": "csv", ".json": "json"}
+
+
+def output_format(path: str | os.PathLike[str]) -> str:
+    """``csv`` or ``json`` from the file extension; :class:`UsageError` otherwise."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UsageError(
+            f"unknown output format {suffix or '(no extension)'!r}", path=os.fspath(path), hint="Use a .csv or .json file name."
+        )
+    return FORMATS[suffix]
+
+
+def layout_of(results: Sequence[SubjectResult]) -> list[OutputTarget]:
+    """The targets in the order they first appear in ``results``."""
+    seen: dict[str, OutputTarget] = {}
+    for r in results:
+        for p in r.predictions:
+            seen.setdefault(p.target.key, p.target)
+    return list(seen.values())
+
+
+def csv_text(results: Sequence[SubjectResult], layout: Sequence[OutputTarget] | None = None) -> str:
+    """The CSV document for the successful ``results``."""
+    ok = [r for r in results if r.ok]
+    layout = list(layout) if layout is not None else layout_of(ok)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=csv_header(layout), lineterminator="\n")
+    writer.writeheader()
+    for r in ok:
+        writer.writerow(r.to_row(layout))
+    return buf.getvalue()
+
+
+def json_text(results: Sequence[SubjectResult]) -> str:
+    """The JSON document (a list of subjects) for the successful ``results``."""
+    return json.dumps([r.to_json() for r in results if r.ok], indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def write_csv(path: str | os.PathLike[str], results: Sequence[SubjectResult], layout: Sequence[OutputTarget] | None = None) -> None:
+    atomic.write_text(path, csv_text(results, layout))
+
+
+def write_json(path: str | os.PathLike[str], results: Sequence[SubjectResult]) -> None:
+    atomic.write_text(path, json_text(results))
+
+
+def write_results(
+    path: str | os.PathLike[str], results: Sequence[SubjectResult], layout: Sequence[OutputTarget] | None = None
+) -> None:
+    """Write ``results`` as CSV or JSON, chosen by the extension of ``path``."""
+    if output_format(path) == "csv":
+        write_csv(path, results, layout)
+    else:
+        write_json(path, results)
+
+
+def _fmt(x: float) -> str:
+    """Four significant digits, without switching to exponents for large values."""
+    if x != x or x in (float("inf"), float("-inf")):
+        return str(x)
+    return f"{x:.0f}" if abs(x) >= 1e4 else f"{x:.4g}"
+
+
+def render_tables(results: Sequence[SubjectResult], console: Console) -> None:
+    """One Rich table per successful subject: target, value, unit, confidence interval, module."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    for r in results:
+        if not r.ok:
+            continue
+        level = r.predictions[0].level if r.predictions else 0.95
+        table = Table(title=escape(r.name), title_justify="left", show_edge=False, pad_edge=False)
+        table.add_column("target")
+        table.add_column("value", justify="right")
+        table.add_column("unit")
+        table.add_column(f"{level * 100:g}% CI", justify="right")
+        table.add_column("module", style="dim")
+        for p in r.predictions:
+            low, high = p.ci
+            t = p.target
+            table.add_row(escape(t.key), _fmt(p.value), escape(t.unit), f"{_fmt(low)} .. {_fmt(high)}", escape(t.module))
+        console.print(table)

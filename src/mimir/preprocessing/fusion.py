@@ -1,0 +1,323 @@
+"""Resample stations onto the output grid and fuse them into one volume.
+
+Spec: ``preprocessing-spec.md`` sections 4 to 6. All functions are pure; the
+only state is in their arguments and return values.
+
+Axis conventions: a station's voxels are (row, column, slice) = (anterior ->
+posterior, right -> left, head -> foot). The fused volume returned by
+:func:`fuse_volume` is (left-right, anterior-posterior, head-foot) with the
+head at the END of the last axis.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from mimir.preprocessing.stations import StationSet
+
+log = logging.getLogger("mimir")
+
+#: Output voxel spacing, mm, (row, column, slice).
+OUT_SPACING = np.array((2.23214293, 2.23214293, 3.0))
+#: A station is resampled when it lies further than this (in output voxels) off the grid.
+RESAMPLE_TOLERANCE = 0.01
+#: Station overlaps are cut down to at most this many slices.
+MAX_OVERLAP = 8
+#: Slices removed at each end of the fused volume (folding artefacts).
+TRIM_SLICES = 4
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Placement of S stations on the output voxel grid.
+
+    Attributes
+    ----------
+    origin, origin_end:
+        (S, 3) float64: exact start and end of each station in output voxels
+        (``R`` and ``R_end`` in the spec).
+    start, end:
+        (S, 3) int64: the rounded start and end (``W`` and ``W_end``).
+    """
+
+    origin: np.ndarray
+    origin_end: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+    @property
+    def size(self) -> np.ndarray:
+        """(S, 3) int64 station sizes on the grid (``W_size``)."""
+        return self.end - self.start
+
+
+def station_grid(positions: np.ndarray, spacings: np.ndarray, shapes: np.ndarray) -> Grid:
+    """Place stations on the output grid (spec section 4).
+
+    Parameters
+    ----------
+    positions:
+        (S, 3) station positions, mm, patient (x, y, z), head station first.
+    spacings:
+        (S, 3) voxel spacings, mm, (row, column, slice).
+    shapes:
+        (S, 3) voxel counts (rows, columns, slices).
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    r = (positions - positions[0]) / OUT_SPACING
+    r[:, 0] -= r[:, 0].min()
+    r[:, 1] -= r[:, 1].min()
+    r[:, 2] *= -1
+    r[:, [0, 1]] = r[:, [1, 0]]
+    r_end = r + np.asarray(shapes, dtype=np.float64) * np.asarray(spacings, dtype=np.float64) / OUT_SPACING
+    start = np.around(r).astype(np.int64)
+    end = np.around(r_end).astype(np.int64)
+    return Grid(origin=r, origin_end=r_end, start=start, end=end)
+
+
+def needs_resampling(grid: Grid, i: int, shape: tuple[int, int, int]) -> bool:
+    """True when station ``i`` is off the grid by more than the tolerance, or changes size."""
+    corners = np.concatenate([grid.origin[i], grid.origin_end[i]])
+    off_grid = np.abs(corners - np.around(corners)).max() > RESAMPLE_TOLERANCE
+    return bool(off_grid or np.sum(grid.size[i] - np.asarray(shape)) != 0)
+
+
+def interpolation_taps(
+    out_size: int, in_size: int, scale: float, offset: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices and weights of the spec's clamped linear interpolation along one axis.
+
+    For output voxel x: ``a = (x - offset) / scale``, ``a0 = trunc(a)``,
+    ``a1 = a0 + 1``, each clamped into [0, in_size - 1]; the weight of ``a1``
+    is ``a - a0`` (after clamping).
+
+    Returns
+    -------
+    (a0, a1, da): (out_size,) int64, int64, float64.
+    """
+    a = (np.arange(out_size, dtype=np.float64) - offset) / scale
+    a0 = np.trunc(a)
+    a1 = a0 + 1
+    hi = in_size - 1
+    a = np.clip(a, 0, hi)
+    a0 = np.clip(a0, 0, hi)
+    a1 = np.clip(a1, 0, hi)
+    return a0.astype(np.int64), a1.astype(np.int64), a - a0
+
+
+def resample_station(voxels: np.ndarray, grid: Grid, i: int, dtype: type = np.float64) -> np.ndarray:
+    """Resample station ``i`` onto the grid with clamped trilinear interpolation.
+
+    Separable: interpolates along axis 0, then 1, then 2, in float64, with
+    ``scale = (R_end - R) / N`` and ``offset = R - W`` per axis. ``dtype``
+    is the type the result is stored in (the arithmetic stays float64;
+    float32 saves the separate cast that fusion applies anyway).
+
+    Returns
+    -------
+    Array of shape ``grid.size[i]`` and type ``dtype``.
+    """
+    shape = np.array(voxels.shape)
+    scale = (grid.origin_end[i] - grid.origin[i]) / shape
+    offset = grid.origin[i] - grid.start[i]
+    out = voxels.astype(np.float64)
+    for axis in range(3):
+        a0, a1, da = interpolation_taps(int(grid.size[i, axis]), int(shape[axis]), scale[axis], offset[axis])
+        bshape = [1, 1, 1]
+        bshape[axis] = -1
+        lo = _weighted_taps(out, a0, (1 - da).reshape(bshape), axis)
+        hi = _weighted_taps(out, a1, da.reshape(bshape), axis)
+        if axis < 2:
+            lo += hi
+            out = lo
+        else:
+            out = np.add(lo, hi, out=np.empty(lo.shape, dtype=dtype), casting="unsafe")
+    return out
+
+
+def _weighted_taps(volume: np.ndarray, index: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """``np.take(volume, index, axis) * weights`` as a new array, reading through a
+    slice instead of a gathered copy when the indices are consecutive (always
+    the case for the near-identity row and column passes)."""
+    if len(index) and np.all(np.diff(index) == 1):
+        sl = [slice(None)] * volume.ndim
+        sl[axis] = slice(int(index[0]), int(index[-1]) + 1)
+        return volume[tuple(sl)] * weights
+    taken = np.take(volume, index, axis=axis)
+    taken *= weights
+    return taken
+
+
+@dataclass(frozen=True)
+class OverlapPlan:
+    """Overlap trimming between neighbouring stations (spec section 5).
+
+    Attributes
+    ----------
+    start, end:
+        (S, 3) int64 grid placement after trimming.
+    overlaps:
+        (S,) int64; ``overlaps[i]`` is the overlap, in slices, between
+        stations i and i+1 (0 for the last station; may be <= 0).
+    cut_end, cut_start:
+        (S,) int64 slices removed from the end / start of each station.
+    """
+
+    start: np.ndarray
+    end: np.ndarray
+    overlaps: np.ndarray
+    cut_end: np.ndarray
+    cut_start: np.ndarray
+
+    @property
+    def size(self) -> np.ndarray:
+        return self.end - self.start
+
+
+def plan_overlaps(grid: Grid) -> tuple[OverlapPlan, list[str]]:
+    """Cut overlaps of more than :data:`MAX_OVERLAP` slices symmetrically.
+
+    Returns the plan and warnings for neighbours with no overlap.
+    """
+    start = grid.start.copy()
+    end = grid.end.copy()
+    n = len(start)
+    overlaps = np.zeros(n, dtype=np.int64)
+    cut_end = np.zeros(n, dtype=np.int64)
+    cut_start = np.zeros(n, dtype=np.int64)
+    warnings = []
+    for i in range(n - 1):
+        overlap = int(end[i, 2] - start[i + 1, 2])
+        if overlap <= 0:
+            warnings.append(f"no overlap between stations {i} and {i + 1} ({overlap} slices)")
+        elif overlap > MAX_OVERLAP:
+            cut = (overlap - MAX_OVERLAP) / 2
+            cut_a, cut_b = int(np.floor(cut)), int(np.ceil(cut))
+            end[i, 2] -= cut_a
+            start[i + 1, 2] += cut_b
+            cut_end[i] = cut_a
+            cut_start[i + 1] = cut_b
+            overlap = MAX_OVERLAP
+        overlaps[i] = overlap
+    return OverlapPlan(start, end, overlaps, cut_end, cut_start), warnings
+
+
+def fade_weights(overlap: int) -> np.ndarray:
+    """Weights ``(j + 1) / (overlap + 1)`` for j = 0..overlap-1, float64.
+
+    The fading-in station is multiplied by these on its first slices, the
+    fading-out station by the reverse on its last slices, so the two weights
+    at every overlapping slice sum to one.
+    """
+    return (np.arange(max(overlap, 0)) + 1) / (float(overlap) + 1)
+
+
+def fade_and_correct(stations: list[np.ndarray], overlaps: np.ndarray, copy: bool = True) -> list[np.ndarray]:
+    """Fade station edges and equalise intensity across seams (spec 6.1-6.3).
+
+    Parameters
+    ----------
+    stations:
+        Trimmed station voxels on the grid, any float dtype, (rows, cols, slices).
+    overlaps:
+        (S,) overlaps from :func:`plan_overlaps`.
+    copy:
+        With False, float32 inputs are modified in place (for callers that
+        own them); other inputs are always converted to new float32 arrays.
+
+    Returns
+    -------
+    float32 arrays; with ``copy=True`` the inputs are not modified.
+    """
+    out = [np.array(v, dtype=np.float32, copy=copy or v.dtype != np.float32) for v in stations]
+    n = len(out)
+    for i in range(n):
+        if i < n - 1 and overlaps[i] > 0:
+            w = fade_weights(int(overlaps[i])).astype(np.float32)
+            depth = out[i].shape[2]
+            idx = depth - 1 - np.arange(len(w))
+            out[i][:, :, idx] *= w
+        if i > 0 and overlaps[i - 1] > 0:
+            w = fade_weights(int(overlaps[i - 1])).astype(np.float32)
+            out[i][:, :, : len(w)] *= w
+    for i in range(n - 1):
+        o = int(overlaps[i])
+        if o <= 0:
+            continue
+        depth = out[i].shape[2]
+        # Means in float32 and their differences/sums in float32, as NumPy 1.x
+        # computed them in the original procedure.
+        mean_a = np.mean(out[i + 1][:, :, o])
+        mean_b = np.mean(out[i][:, :, depth - 1 - o])
+        for j in range(o):
+            target = float(mean_b) + float(mean_a - mean_b) * ((j + 1) / (float(o) + 1))
+            k = depth - o + j
+            current = float(np.mean(out[i + 1][:, :, j]) + np.mean(out[i][:, :, k]))
+            if current == 0:
+                continue  # an empty slice pair: nothing to scale
+            factor = target / current
+            out[i][:, :, k] *= factor
+            out[i + 1][:, :, j] *= factor
+    return out
+
+
+def paste(stations: list[np.ndarray], start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Add stations into one float64 volume and reorient it (spec 6.4-6.6).
+
+    Returns
+    -------
+    (columns, rows, slices) float64 view: (left-right, anterior-posterior,
+    head-foot with the head at the end), :data:`TRIM_SLICES` removed at both
+    ends of the last axis.
+    """
+    volume = np.zeros(tuple(int(x) for x in end.max(axis=0)))
+    written_to = 0  # slices below this index have been written by earlier stations
+    for v, a, b in zip(stations, start, end):
+        # Slices no earlier station reached are assigned (0 + x == x exactly),
+        # the overlap with earlier stations is added, as the spec's running sum.
+        split = min(max(written_to, a[2]), b[2])
+        rows, cols = slice(a[0], b[0]), slice(a[1], b[1])
+        volume[rows, cols, a[2] : split] += v[:, :, : split - a[2]]
+        volume[rows, cols, split : b[2]] = v[:, :, split - a[2] :]
+        written_to = max(written_to, b[2])
+    volume = np.swapaxes(np.flip(volume, 2), 0, 1)
+    return volume[:, :, TRIM_SLICES : volume.shape[2] - TRIM_SLICES]
+
+
+@dataclass
+class FusedVolumes:
+    """Water and fat volumes of one subject on the output grid.
+
+    ``water`` and ``fat`` are (left-right, anterior-posterior, head-foot)
+    float64 arrays, head at the end of the last axis, voxel spacing
+    :data:`OUT_SPACING` (mm). ``warnings`` lists irregularities repaired on the way.
+    """
+
+    water: np.ndarray
+    fat: np.ndarray
+    warnings: list[str]
+
+
+def fuse_stations(stations: StationSet) -> FusedVolumes:
+    """Resample, trim, fade, correct and fuse water and fat (spec sections 4-6)."""
+    shapes = np.array([s.voxels.shape for s in stations.fat])
+    grid = station_grid(stations.positions, stations.spacings, shapes)
+    plan, warnings = plan_overlaps(grid)
+    fused = []
+    for channel in (stations.water, stations.fat):
+        placed = []
+        for i, station in enumerate(channel):
+            v = station.voxels
+            if needs_resampling(grid, i, v.shape):
+                v = resample_station(v, grid, i, dtype=np.float32)  # a new array: ours to modify
+            else:
+                v = v.copy()  # never modify the caller's stations
+            v = v[:, :, plan.cut_start[i] : v.shape[2] - plan.cut_end[i]]
+            placed.append(v)
+        faded = fade_and_correct(placed, plan.overlaps, copy=False)
+        fused.append(paste(faded, plan.start, plan.end))
+    all_warnings = list(stations.warnings) + warnings
+    return FusedVolumes(water=fused[0], fat=fused[1], warnings=all_warnings)

@@ -1,0 +1,281 @@
+"""Reading real-shaped zips: every variant the format document lists (spec sections 1-3)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+from mimir import errors
+from mimir.preprocessing.reader import read_signal_slices
+from mimir.preprocessing.pipeline import IMAGE_SHAPE, preprocess, read_stations
+from mimir.synth import generate_subject
+
+SMALL = dict(small=True)
+
+
+@pytest.fixture(scope="module")
+def subjects(tmp_path_factory):
+    """One small subject per variant, same seed, so that they can be compared."""
+    out = tmp_path_factory.mktemp("subjects")
+    cache = {}
+
+    def get(variant=None, seed=7):
+        key = (variant, seed)
+        if key not in cache:
+            cache[key] = generate_subject(out / f"{variant}-{seed}", seed=seed, variant=variant, **SMALL)
+        return cache[key]
+
+    return get
+
+
+def test_normal_subject_has_six_consistent_stations(subjects):
+    s = subjects()
+    stations = read_stations(s.zip_path)
+    assert len(stations.water) == len(stations.fat) == 6
+    z = stations.positions[:, 2]
+    assert np.all(np.diff(z) < 0)  # head first
+    for w, f in zip(stations.water, stations.fat):
+        assert "_W" in w.description and "_F" in f.description
+        assert w.voxels.shape == f.voxels.shape
+        assert w.voxels.dtype == np.float32
+        assert np.allclose(w.position, f.position)
+    assert stations.warnings == []
+    assert sorted({round(float(d), 1) for d in stations.spacings[:, 2]}) == [3.0, 3.5, 4.0, 4.5]
+
+
+def test_slices_are_water_and_fat_only(subjects):
+    slices = read_signal_slices(subjects().zip_path)
+    assert slices and all(("_W" in s.description) or ("_F" in s.description) for s in slices)
+    assert all(s.pixels.dtype == np.float32 for s in slices)
+
+
+def test_preprocess_makes_a_uint8_image(subjects):
+    image = preprocess(subjects().zip_path, cache=False)
+    assert image.shape == IMAGE_SHAPE and image.dtype == np.uint8
+    for channel in image:
+        assert channel.max() > 100  # every channel holds a body, not a blank
+        assert channel.min() == 0
+
+
+@pytest.mark.parametrize("variant", ["no_manifest", "manifest_csv"])
+def test_manifest_is_only_a_hint(subjects, variant):
+    ref = preprocess(subjects().zip_path, cache=False)
+    assert np.array_equal(preprocess(subjects(variant).zip_path, cache=False), ref)
+
+
+def test_wrong_manifest_is_detected_and_ignored(subjects, tmp_path):
+    src = subjects().zip_path
+    bad = tmp_path / src.name
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bad, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if "manifest" in info.filename:
+                # Swap the labels: every water/fat row claims in-phase and vice versa.
+                text = data.decode()
+                text = text.replace("_W", "_X").replace("_in", "_W").replace("_X", "_in")
+                text = text.replace("_F", "_Y").replace("_opp", "_F").replace("_Y", "_opp")
+                data = text.encode()
+            zout.writestr(info, data)
+    assert np.array_equal(preprocess(bad, cache=False), preprocess(src, cache=False))
+
+
+def test_rescan_keeps_the_most_recent_station(subjects):
+    s = subjects("rescan")
+    stations = read_stations(s.zip_path)
+    assert len(stations.water) == 6
+    assert any("acquired 2 times" in w for w in stations.warnings)
+    assert np.array_equal(preprocess(s.zip_path, cache=False), preprocess(subjects().zip_path, cache=False))
+
+
+@pytest.mark.parametrize("variant", ["missing_slice", "wf_shape_mismatch"])
+def test_shape_mismatch_is_cropped_with_a_warning(subjects, variant):
+    s = subjects(variant)
+    stations = read_stations(s.zip_path)
+    assert any("differ in shape" in w for w in stations.warnings)
+    for w, f in zip(stations.water, stations.fat):
+        assert w.voxels.shape == f.voxels.shape
+    assert preprocess(s.zip_path, cache=False).shape == IMAGE_SHAPE
+
+
+def test_fat_water_swap_is_processed_like_the_original(subjects):
+    assert preprocess(subjects("fat_water_swap").zip_path, cache=False).shape == IMAGE_SHAPE
+
+
+def test_truncated_zip_fails_clearly(subjects):
+    s = subjects("truncated")
+    with pytest.raises(errors.TruncatedZipError) as info:
+        preprocess(s.zip_path, cache=False)
+    msg = str(info.value)
+    assert s.zip_path.name in msg and "\n" not in msg and "truncated" in msg
+
+
+def test_not_a_zip_fails_clearly(tmp_path):
+    p = tmp_path / "1000001_20201_2_0.zip"
+    p.write_bytes(b"this is not a zip at all" * 10)
+    with pytest.raises(errors.NotAZipError, match="is not a zip file"):
+        preprocess(p, cache=False)
+
+
+def test_missing_file_and_folder_fail_clearly(tmp_path):
+    with pytest.raises(errors.InputError, match="file not found"):
+        preprocess(tmp_path / "nope.zip", cache=False)
+    with pytest.raises(errors.InputError, match="is a folder"):
+        preprocess(tmp_path, cache=False)
+
+
+def test_zip_without_dicom_fails_clearly(tmp_path):
+    p = tmp_path / "x.zip"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("manifest.cvs", "filename,patientid\n")
+        zf.writestr("readme.txt", "hello")
+    with pytest.raises(errors.NoDicomError):
+        preprocess(p, cache=False)
+
+
+def test_empty_zip_fails_clearly(tmp_path):
+    p = tmp_path / "x.zip"
+    zipfile.ZipFile(p, "w").close()
+    with pytest.raises(errors.NoDicomError):
+        preprocess(p, cache=False)
+
+
+def test_zip_with_only_in_phase_series_fails_clearly(subjects, tmp_path):
+    src = subjects().zip_path
+    p = tmp_path / "inonly.zip"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(p, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if b"Dixon" in data and (b"_W" in data[:4096] or b"_F" in data[:4096]):
+                continue
+            zout.writestr(info, data)
+    with pytest.raises(errors.MissingSeriesError):
+        preprocess(p, cache=False)
+
+
+def test_damaged_member_fails_clearly(subjects, tmp_path):
+    raw = bytearray(subjects().zip_path.read_bytes())
+    # Flip bytes in the middle of the archive: a member's data no longer matches its CRC.
+    mid = len(raw) // 2
+    raw[mid : mid + 64] = bytes(64)
+    p = tmp_path / "damaged.zip"
+    p.write_bytes(bytes(raw))
+    with pytest.raises(errors.InputError):
+        preprocess(p, cache=False)
+
+
+def test_water_fat_position_mismatch_fails(subjects):
+    with pytest.raises(errors.InconsistentStationsError, match="different positions"):
+        preprocess(subjects("wf_position_mismatch").zip_path, cache=False)
+
+
+def test_missing_station_still_makes_an_image(subjects):
+    s = subjects("missing_station")
+    assert len(read_stations(s.zip_path).water) == 5
+    assert preprocess(s.zip_path, cache=False).shape == IMAGE_SHAPE
+
+
+def test_no_overlap_warns_and_makes_an_image(subjects, caplog):
+    from mimir.preprocessing.fusion import fuse_stations
+
+    fused = fuse_stations(read_stations(subjects("no_overlap").zip_path))
+    assert any("no overlap" in w for w in fused.warnings)
+
+
+def test_cache_hit_skips_decoding(subjects, monkeypatch):
+    import mimir.preprocessing.pipeline as pipeline
+
+    s = subjects()
+    first = preprocess(s.zip_path)
+    monkeypatch.setattr(pipeline, "preprocess_volumes", lambda p: (_ for _ in ()).throw(AssertionError("decoded")))
+    assert np.array_equal(preprocess(s.zip_path), first)
+
+
+def test_cache_is_keyed_by_content_not_name(subjects, tmp_path, monkeypatch):
+    import shutil
+
+    import mimir.preprocessing.pipeline as pipeline
+
+    s = subjects()
+    first = preprocess(s.zip_path)
+    copy = tmp_path / "renamed.zip"
+    shutil.copy(s.zip_path, copy)
+    monkeypatch.setattr(pipeline, "preprocess_volumes", lambda p: (_ for _ in ()).throw(AssertionError("decoded")))
+    assert np.array_equal(preprocess(copy), first)
+
+
+def test_damaged_cache_entry_is_rebuilt(subjects):
+    from mimir.preprocessing import cache
+    from mimir.preprocessing.pipeline import PIPELINE_VERSION
+
+    s = subjects()
+    first = preprocess(s.zip_path)
+    entry = cache.entry_path(cache.file_sha256(s.zip_path), PIPELINE_VERSION)
+    entry.write_bytes(b"garbage")
+    assert np.array_equal(preprocess(s.zip_path), first)
+    assert np.array_equal(np.load(entry), first)
+
+
+def test_fast_header_walker_agrees_with_pydicom(subjects):
+    import pydicom
+
+    from mimir.preprocessing import reader as dr
+
+    with zipfile.ZipFile(subjects("rescan").zip_path) as zf:
+        members = [i for i in zf.infolist() if i.filename.endswith(".dcm")]
+        for info in members[:: max(1, len(members) // 150)]:
+            data = zf.read(info)
+            fast = dr._fast_slice(data)
+            assert fast is not None
+            description, attrs = fast
+            ds = pydicom.dcmread(io.BytesIO(data))
+            assert description == ds.SeriesDescription
+            a = dr._slice_from_fast(attrs, description)
+            b = dr._slice_from_dataset(ds, description, info.filename, "x.zip")
+            assert np.array_equal(a.pixels, b.pixels)
+            assert np.array_equal(a.position, b.position) and np.array_equal(a.pixel_spacing, b.pixel_spacing)
+            assert (a.series_number, a.series_time) == (b.series_number, b.series_time)
+
+
+def test_pydicom_fallback_gives_the_same_image(subjects, monkeypatch):
+    from mimir.preprocessing import reader as dr
+
+    s = subjects()
+    fast = preprocess(s.zip_path, cache=False)
+    monkeypatch.setattr(dr, "_fast_slice", lambda data: None)
+    assert np.array_equal(preprocess(s.zip_path, cache=False), fast)
+
+
+def test_rescaled_pixels_are_applied(tmp_path):
+    """A file with RescaleSlope/Intercept (not in UK Biobank data) is rescaled on both paths."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from mimir.preprocessing import reader as dr
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.SeriesDescription = "Dixon_noBH_W"
+    ds.SeriesNumber = 4
+    ds.SeriesTime = "101010.000000"
+    ds.ImagePositionPatient = [-250.0, -187.5, 10.0]
+    ds.PixelSpacing = [2.2321429, 2.2321429]
+    ds.Rows, ds.Columns = 2, 3
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 12, 11, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -1
+    ds.PixelData = np.arange(6, dtype="<u2").tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    description, attrs = dr._fast_slice(data)
+    fast = dr._slice_from_fast(attrs, description)
+    slow = dr._slice_from_dataset(pydicom.dcmread(io.BytesIO(data)), description, "m.dcm", "x.zip")
+    expected = np.arange(6, dtype=np.float32).reshape(2, 3) * 2 - 1
+    assert np.array_equal(fast.pixels, expected) and np.array_equal(slow.pixels, expected)
