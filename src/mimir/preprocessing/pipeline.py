@@ -15,6 +15,7 @@ import numpy as np
 from mimir.errors import ImageFileError
 from mimir.preprocessing import cache as image_cache
 from mimir.preprocessing.fusion import FusedVolumes, fuse_stations
+from mimir.preprocessing.geometry import check_geometry
 from mimir.preprocessing.projection import IMAGE_SIZE, make_image
 from mimir.preprocessing.reader import read_signal_slices
 from mimir.preprocessing.stations import StationSet, group_stations, pair_water_fat
@@ -30,7 +31,9 @@ IMAGE_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
 def read_stations(path: str | os.PathLike[str]) -> StationSet:
     """Read a subject zip into consistent water and fat stations, head first."""
     slices = read_signal_slices(path)
-    return pair_water_fat(group_stations(slices, path), path)
+    stations = pair_water_fat(group_stations(slices, path), path)
+    check_geometry(stations, path)
+    return stations
 
 
 def preprocess_volumes(path: str | os.PathLike[str]) -> FusedVolumes:
@@ -65,20 +68,43 @@ def preprocess(path: str | os.PathLike[str], *, cache: bool = True) -> np.ndarra
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Load an already made image (``.npy``) and check it is a (3, 256, 256) uint8 array."""
-    try:
-        image = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ImageFileError("file not found", path, "Check the path.") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise ImageFileError(f"is not a readable .npy image ({exc})", path) from None
-    if image.shape != IMAGE_SHAPE or image.dtype != np.uint8:
+    """Load an already made image (``.npy``) and check it is a (3, 256, 256) uint8 array.
+
+    The file must be a regular file; shape and dtype are read from the .npy
+    header and checked before any data is loaded, so a header claiming a
+    huge array costs nothing.
+    """
+    from numpy.lib import format as npy_format
+
+    from mimir.utils.limits import open_regular, quote
+
+    fh, _ = open_regular(path, ".npy image")
+    with fh:
+        try:
+            version = npy_format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = npy_format.read_array_header_1_0(fh)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = npy_format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except (OSError, ValueError, EOFError, SyntaxError, TypeError) as exc:
+            raise ImageFileError(f"is not a readable .npy image ({quote(str(exc))})", path) from None
+        if tuple(shape) != IMAGE_SHAPE or dtype != np.uint8 or dtype.hasobject:
+            raise ImageFileError(
+                f"holds a {quote(str(dtype), 40)} array of shape {quote(str(tuple(shape)), 80)}, "
+                f"expected uint8 {IMAGE_SHAPE}",
+                path,
+                "Make it with `mimir preprocess`.",
+            )
+        count = int(np.prod(IMAGE_SHAPE))
+        data = fh.read(count)
+    if len(data) != count:
         raise ImageFileError(
-            f"holds a {image.dtype} array of shape {image.shape}, expected uint8 {IMAGE_SHAPE}",
-            path,
-            "Make it with `mimir preprocess`.",
+            f"is cut off ({len(data)} of {count} bytes of pixel data)", path, "Make it again with `mimir preprocess`."
         )
-    return image
+    image = np.frombuffer(data, dtype=np.uint8).reshape(IMAGE_SHAPE, order="F" if fortran else "C")
+    return np.array(image, order="C")  # a writable copy
 
 
 def load_input(path: str | os.PathLike[str], *, cache: bool = True) -> np.ndarray:
