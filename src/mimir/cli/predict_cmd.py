@@ -70,6 +70,9 @@ def predict_cmd(
         output_format(output)  # fail on a bad extension before any work
         if output.is_dir():
             raise UsageError("is a folder", path=str(output), hint="Give a .csv or .json file name.")
+        from mimir.utils.atomic import check_writable_file
+
+        check_writable_file(output)  # parent creatable and writable, before any work
     files = _expand(inputs)
     if threads is not None:
         import torch
@@ -102,7 +105,14 @@ def predict_cmd(
     if output is None:
         render_tables(ok, console)
     else:
-        write_results(output, ok, predictor.layout)
+        try:
+            write_results(output, ok, predictor.layout)
+        except OSError as exc:
+            raise UsageError(
+                f"the predictions were computed but could not be written ({exc.strerror or exc})",
+                path=str(output),
+                hint="Free space or fix permissions and run again (preprocessed images are cached).",
+            ) from None
         console.print(
             f"wrote {len(ok)} subject(s) x {len(predictor.layout)} target(s) to {output}", highlight=False
         )
