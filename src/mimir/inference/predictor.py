@@ -51,7 +51,7 @@ def resolve_modules(modules: Iterable[str | os.PathLike[str] | ModuleSpec] | Non
     from mimir.models.registry import get_module, scan_modules
 
     if not modules:
-        from mimir.models.modules import check_members
+        from mimir.models.modules import check_members, verify_module
 
         scan = scan_modules()
         usable = []
@@ -59,12 +59,18 @@ def resolve_modules(modules: Iterable[str | os.PathLike[str] | ModuleSpec] | Non
             try:
                 check_members(spec)  # headers only: a module that cannot run is skipped, not fatal
             except ModuleError as exc:
-                scan.problems.append(str(exc))
+                problem = exc
+                try:
+                    verify_module(spec)  # a damaged member file: say so (and how to reinstall)
+                except ModuleError as damaged:
+                    problem = damaged
+                scan.problems.append(str(problem))
                 continue
             usable.append(spec)
         scan.modules = usable
-        for problem in scan.problems:
-            logging.getLogger("mimir").warning("skipping a broken module folder: %s", problem)
+        if scan.modules:  # otherwise the error below names the first problem
+            for problem in scan.problems:
+                logging.getLogger("mimir").warning("skipping a broken module folder: %s", problem)
         if not scan.modules:
             extra = f" ({len(scan.problems)} broken module folder(s): {scan.problems[0]})" if scan.problems else ""
             raise UsageError(
