@@ -143,6 +143,32 @@ def test_total_cap_counts_inflated_bytes(tmp_path, monkeypatch):
         reader.read_signal_slices(path)
 
 
+def test_deflated_dicom_bomb_is_refused(subject, tmp_path, monkeypatch):
+    """A member in Deflated Explicit VR LE whose data set inflates past the member cap."""
+    import zlib
+
+    from mimir.synth.encodings import deflated
+
+    target = _first_water(subject)
+    monkeypatch.setenv("MIMIR_MAX_MEMBER_BYTES", str(MiB))
+
+    def edit(name, data):
+        if name != target:
+            return data
+        good = deflated(data)
+        at = good.index(b"1.2.840.10008.1.2.1.99") + 22
+        at += (len(good[:at]) % 2)  # past the (padded) UID value: the deflated data set starts here
+        body = zlib.compressobj(9, zlib.DEFLATED, -15)
+        bomb = body.compress(bytes(8 * MiB)) + body.flush()
+        return good[:at] + bomb
+
+    bad = rewrite_zip(subject, tmp_path / "defl.zip", edit)
+    with pytest.raises(LimitError) as err:
+        reader.read_signal_slices(bad)
+    text = str(err.value)
+    assert target in text and "deflated DICOM data set inflates to more than 1 MiB" in text
+
+
 def test_bad_limit_value_is_one_line(subject, monkeypatch):
     from mimir.errors import MimirError
 

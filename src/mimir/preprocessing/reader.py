@@ -53,6 +53,7 @@ _PEEK_BYTES = 4096
 
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
+_DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 _UNCOMPRESSED_SYNTAXES = {
     "1.2.840.10008.1.2",  # implicit VR little endian
     "1.2.840.10008.1.2.1",  # explicit VR little endian
@@ -343,7 +344,10 @@ def _read_members(
     dicom_seen = False
     for info in members:
         data = _read_member_bytes(zf, info, path, budget=budget)
-        fast = _fast_slice(data)
+        try:
+            fast = _fast_slice(data)
+        except LimitError as exc:  # a deflated data set past the cap
+            raise LimitError(f"member {quote(info.filename, 100)}: {exc.message}", path, exc.hint) from None
         if fast is not None:
             description, attrs = fast
             dicom_seen = True
@@ -618,15 +622,27 @@ def _walk(data: bytes, pos: int, explicit: bool, stop_group: int | None) -> tupl
         if explicit:
             vr = data[pos + 4 : pos + 6]
             if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    return None
                 (length,) = unpack_from("<I", data, pos + 8)
                 pos += 12
             else:
                 (length,) = unpack_from("<H", data, pos + 6)
                 pos += 8
         else:
+            vr = b""
             (length,) = unpack_from("<I", data, pos + 4)
             pos += 8
-        if length == _UNDEFINED or pos + length > end:
+        if length == _UNDEFINED:
+            if tag == _PIXEL_DATA:
+                return None  # encapsulated (compressed) pixel data: pydicom decodes it
+            # an undefined-length sequence (explicit SQ, UN, or any implicit one): skip its items
+            skipped = _skip_items(data, pos, explicit and vr != b"UN", 0)
+            if skipped is None:
+                return None
+            pos = skipped
+            continue
+        if pos + length > end:
             return None
         if tag in _WANTED or tag == _PIXEL_DATA or group == 0x0002:
             values[tag] = data[pos : pos + length]
@@ -636,19 +652,107 @@ def _walk(data: bytes, pos: int, explicit: bool, stop_group: int | None) -> tupl
     return values, pos
 
 
+#: Deepest nesting of undefined-length sequences the fast path follows (deeper: pydicom decides).
+_MAX_NESTING = 16
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
+
+
+def _skip_items(data: bytes, pos: int, explicit: bool, depth: int) -> int | None:
+    """Position after the sequence delimiter of an undefined-length sequence whose items start at ``pos``."""
+    if depth > _MAX_NESTING:
+        return None
+    end = len(data)
+    unpack_from = struct.unpack_from
+    while pos + 8 <= end:
+        group, elem, length = unpack_from("<HHI", data, pos)
+        pos += 8
+        if group != 0xFFFE:
+            return None
+        if elem == _SEQUENCE_END:
+            return pos
+        if elem != _ITEM:
+            return None
+        if length != _UNDEFINED:
+            pos += length
+            continue
+        item_end = _skip_item(data, pos, explicit, depth + 1)
+        if item_end is None:
+            return None
+        pos = item_end
+    return None
+
+
+def _skip_item(data: bytes, pos: int, explicit: bool, depth: int) -> int | None:
+    """Position after the item delimiter of an undefined-length item whose elements start at ``pos``."""
+    end = len(data)
+    unpack_from = struct.unpack_from
+    while pos + 8 <= end:
+        group, elem = unpack_from("<HH", data, pos)
+        if group == 0xFFFE and elem == _ITEM_END:
+            return pos + 8
+        vr = b""
+        if explicit:
+            vr = data[pos + 4 : pos + 6]
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    return None
+                (length,) = unpack_from("<I", data, pos + 8)
+                pos += 12
+            else:
+                (length,) = unpack_from("<H", data, pos + 6)
+                pos += 8
+        else:
+            (length,) = unpack_from("<I", data, pos + 4)
+            pos += 8
+        if length == _UNDEFINED:
+            nested = _skip_items(data, pos, explicit and vr != b"UN", depth + 1)
+            if nested is None:
+                return None
+            pos = nested
+            continue
+        pos += length
+        if pos > end:
+            return None
+    return None
+
+
+def _inflate(raw: bytes) -> bytes:
+    """Inflate a deflated data set (raw deflate), refusing more than the member cap."""
+    cap = MAX_MEMBER_BYTES.value()
+    inflater = zlib.decompressobj(-15)
+    try:
+        out = inflater.decompress(raw, cap + 1)
+    except zlib.error:
+        return b""
+    if len(out) > cap:
+        raise LimitError(
+            f"a deflated DICOM data set inflates to more than {_size(cap)} (limit {MAX_MEMBER_BYTES.env})",
+            None,
+            limit_hint(MAX_MEMBER_BYTES),
+        )
+    return out
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("ascii", errors="replace").strip(" \x00")
 
 
 def _fast_slice(data: bytes) -> tuple[str, dict[str, object]] | None:
     """(SeriesDescription, attributes) of an uncompressed LE file, or None to use pydicom."""
-    if data[128:132] != b"DICM":
+    if data[128:132] == b"DICM":
+        walked = _walk(data, 132, True, 0x0002)
+        if walked is None:
+            return None
+        meta, pos = walked
+        syntax = _text(meta.get(0x0002_0010, b""))
+    elif len(data) >= 8 and struct.unpack_from("<H", data, 0)[0] in (0x0008, 0x0010, 0x0018, 0x0020):
+        # no preamble and no file meta: the standard's default, implicit VR little endian
+        # (a file that does not parse consistently that way goes to pydicom)
+        syntax, pos = _IMPLICIT_LE, 0
+    else:
         return None
-    walked = _walk(data, 132, True, 0x0002)
-    if walked is None:
-        return None
-    meta, pos = walked
-    syntax = _text(meta.get(0x0002_0010, b""))
+    if syntax == _DEFLATED_LE:
+        data, pos, syntax = _inflate(data[pos:]), 0, _EXPLICIT_LE
     if syntax not in (_EXPLICIT_LE, _IMPLICIT_LE):
         return None
     walked = _walk(data, pos, syntax == _EXPLICIT_LE, None)
