@@ -8,7 +8,7 @@ zip -> signal slices (:mod:`mimir.preprocessing.reader`) -> stations
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import stat
 
 import numpy as np
 
@@ -54,8 +54,8 @@ def preprocess(path: str | os.PathLike[str], *, cache: bool = True) -> np.ndarra
         The zip cannot be turned into an image; the message says why.
     """
     key = None
-    if cache:
-        key = image_cache.file_sha256(path) if Path(path).is_file() else None
+    if cache and _hashable(path):
+        key = image_cache.file_sha256(path)
         if key is not None:
             hit = image_cache.load(key, PIPELINE_VERSION, IMAGE_SHAPE)
             if hit is not None:
@@ -65,6 +65,17 @@ def preprocess(path: str | os.PathLike[str], *, cache: bool = True) -> np.ndarra
     if key is not None:
         image_cache.store(key, PIPELINE_VERSION, image)
     return image
+
+
+def _hashable(path: str | os.PathLike[str]) -> bool:
+    """A regular file within the zip size limit (anything else is refused by the reader, unhashed)."""
+    from mimir.utils.limits import MAX_ZIP_BYTES
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size <= MAX_ZIP_BYTES.value()
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
