@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import zipfile
@@ -51,21 +50,27 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
+_LAUNCH = (
+    "import os, resource, sys; cap = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_AS, (cap, cap)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+
+
 def run_capped(
     args: list[str], *, cap: int = LIGHT_CAP, timeout: float = 120, env: dict[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
 ) -> Capped:
     """Run ``python <args>`` with RLIMIT_AS = ``cap`` bytes; return its output and peak RSS."""
 
-    def limit() -> None:  # runs in the child before exec
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
     import tempfile
     import threading
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        # A small launcher sets the cap and execs: no preexec_fn, so subprocess uses vfork and the
+        # child's peak RSS does not start at the (large) RSS of this test process.
         proc = subprocess.Popen(
-            [sys.executable, *args], stdout=out, stderr=err, text=True, env=_env(env), cwd=cwd, preexec_fn=limit
+            [sys.executable, "-c", _LAUNCH, str(cap), *args], stdout=out, stderr=err, text=True, env=_env(env),
+            cwd=cwd,
         )
         timed_out = threading.Event()
 
