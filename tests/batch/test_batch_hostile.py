@@ -155,6 +155,7 @@ def test_failure_writing_final_outputs_keeps_records_and_says_how_to_rewrite(tmp
 # --------------------------------------------------------------------------- non-finite predictions
 
 
+@pytest.mark.slow
 def test_non_finite_prediction_is_an_error_with_module_and_target(tmp_path):
     """A module whose log-variance outputs overflow exp(): the subject fails (errors.csv names module and
     target), never a row with inf or a JSON null."""

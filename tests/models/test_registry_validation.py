@@ -144,6 +144,7 @@ def test_import_checks_members_against_module_json(good_module, tmp_path, no_bui
         install_module(bad2)
 
 
+@pytest.mark.slow
 def test_broken_installed_module_is_skipped_with_one_warning(good_module, tmp_path, no_builtin_modules):
     """A poisoned module.json dropped into the registry by hand: predict uses the other module, one warning."""
     install_module(good_module)
