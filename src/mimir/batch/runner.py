@@ -81,6 +81,8 @@ class BatchOptions:
     cache: bool = True
     queue_size: int | None = None
     threads: int | None = None
+    #: predictions.csv layout: ``wide`` (one row per subject) or ``long`` (one row per subject x target)
+    csv_layout: str = "wide"
     #: Replaces the preprocessing function (a picklable top-level function; for tests and custom readers).
     preprocess: Any = None
 
@@ -136,6 +138,9 @@ def _check(options: BatchOptions) -> None:
         z_value(options.level)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    from mimir.outputs.writers import check_layout
+
+    check_layout(options.csv_layout)
 
 
 @contextlib.contextmanager
@@ -289,6 +294,8 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
             "key_digest": key_digest(key),
             "key": key,
             "columns": header,
+            "csv_layout": opts.csv_layout,
+            "output_schema": key["output_schema"],
             "retry_failed": opts.retry_failed,
             "counts": {
                 "inputs": len(everything.files) + len(everything.problems),
@@ -370,7 +377,9 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
                 with contextlib.suppress(OSError):
                     atomic.write_text(out / RUN_JSON, _dump(run))
 
-        written = write_outputs(out, names, lambda n: store.valid(n, key), header, input_errors)
+        written = write_outputs(
+            out, names, lambda n: store.valid(n, key), header, input_errors, csv_layout=opts.csv_layout
+        )
         unfinished = len(written.missing)
         run["status"] = "complete" if unfinished == 0 else "incomplete"
         run["counts"].update(

@@ -74,6 +74,13 @@ def fetch_weights_cmd(
         raise typer.Exit(EXIT_ERROR if len(failed) == len(report.outcomes) else EXIT_PARTIAL)
 
 
+def _source_text(entry) -> str:  # noqa: ANN001
+    """Where a manifest entry comes from: built in, a download, or a page that needs a browser."""
+    if entry.extra.get("builtin"):
+        return "built-in"
+    return "download" if entry.downloadable else "manual (browser)"
+
+
 def _print_list(entries) -> None:  # noqa: ANN001
     from rich.table import Table
 
@@ -92,7 +99,7 @@ def _print_list(entries) -> None:  # noqa: ANN001
             e.version,
             str(len(e.targets)),
             have.version if have else "-",
-            "download" if e.downloadable else "manual (browser)",
+            _source_text(e),
         )
     for name, spec in installed.items():
         if name not in names:
