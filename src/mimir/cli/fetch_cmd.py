@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from mimir.cli.app import (
+    EXIT_CODES_HELP,
     app,
     console,
     err_console,
@@ -17,18 +18,21 @@ from mimir.cli.app import (
 from mimir.errors import EXIT_ERROR, EXIT_PARTIAL
 
 
-@app.command("fetch-weights")
+@app.command("fetch-weights", epilog=EXIT_CODES_HELP)
 @handle_errors
 def fetch_weights_cmd(
     names: Optional[list[str]] = typer.Argument(  # noqa: UP007 (typer needs Optional)
-        None, metavar="NAMES", help="Modules of the weights manifest (default: all of them)."
+        None, metavar="[NAME]...", help="Modules of the weights manifest (default: all of them).", show_default=False
     ),
     manifest: Optional[str] = typer.Option(  # noqa: UP007
-        None, "--manifest", help="Use this manifest (file or http(s) URL) instead of the packaged one."
+        None, "--manifest", metavar="FILE|URL",
+        help="Use this manifest (file or http(s) URL) instead of the packaged one.", show_default=False,
     ),
     source: Optional[list[str]] = typer.Option(  # noqa: UP007
         None,
         "--from",
+        metavar="PATH",
+        show_default=False,
         help="Import from a local zip or folder (our format, or the original MIMIR format, converted). "
         "A single NAME sets the installed name.",
     ),

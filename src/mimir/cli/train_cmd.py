@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from mimir.cli.app import app, console, err_console, handle_errors
+from mimir.cli.app import EXIT_CODES_HELP, app, console, err_console, handle_errors, say
 
 
 class _RichProgress:
@@ -127,59 +127,83 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if abs(v) >= 1000 else f"{v:.{digits}f}"
 
 
-@app.command("train")
+@app.command("train", epilog=EXIT_CODES_HELP)
 @handle_errors
 def train_cmd(
     images: Path = typer.Argument(
-        ..., help="Folder of .npy images (mimir preprocess) or subject zips (preprocessed on the fly).", show_default=False
+        ..., metavar="IMAGES",
+        help="Folder of .npy images (mimir preprocess) or subject zips (preprocessed on the fly).", show_default=False,
     ),
     targets_csv: Path = typer.Argument(
-        ..., metavar="TARGETS.csv", help="'name' column (image file stems), then one column per target; empty = missing.",
+        ..., metavar="TARGETS.csv",
+        help="A 'name' column (image file stems) or an 'eid' column (UK Biobank participant id), then one "
+        "column per target; empty = missing.",
         show_default=False,
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="Module folder to write.", show_default=False),
-    name: Optional[str] = typer.Option(None, "--name", help="Module name (default: the output folder's name)."),  # noqa: UP007
-    version: str = typer.Option("1.0", "--version", help="Module version recorded in module.json."),
-    members: int = typer.Option(5, "--members", "-k", min=1, help="Ensemble members (they differ by seed)."),
-    arch: str = typer.Option("resnet50", "--arch", help="Network architecture (resnet50)."),
-    width: int = typer.Option(64, "--width", min=1, help="Stem channels; 64 is torchvision's ResNet50, 8 a slim one."),
-    iterations: int = typer.Option(6000, "--iterations", "-i", min=1, help="Iterations per member."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per iteration."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (divided by 10 for the last fifth)."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction held out for validation and calibration."),
-    folds: Optional[int] = typer.Option(  # noqa: UP007
-        None, "--folds", help="Calibrate on out-of-fold predictions of K folds instead (then train on everything)."
+    output: Path = typer.Option(
+        ..., "-o", "--output", metavar="FOLDER", help="Module folder to write. Required.", show_default=False
     ),
-    max_shift: int = typer.Option(16, "--max-shift", min=0, help="Largest random translation in pixels."),
+    name: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--name", metavar="NAME", help="Module name (default: the output folder's name).", show_default=False
+    ),
+    version: str = typer.Option("1.0", "--version", metavar="VERSION", help="Module version recorded in module.json."),
+    members: int = typer.Option(5, "--members", "-k", min=1, metavar="N", help="Ensemble members (they differ by seed)."),
+    arch: str = typer.Option("resnet50", "--arch", metavar="resnet50", help="Network architecture (resnet50)."),
+    width: int = typer.Option(
+        64, "--width", min=1, metavar="N", help="Stem channels; 64 is torchvision's ResNet50, 8 a slim one."
+    ),
+    iterations: int = typer.Option(6000, "--iterations", "-i", min=1, metavar="N", help="Iterations per member."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, metavar="N", help="Images per iteration."),
+    lr: float = typer.Option(1e-3, "--lr", metavar="RATE", help="Adam learning rate (divided by 10 for the last fifth)."),
+    val_fraction: float = typer.Option(
+        0.2, "--val-fraction", metavar="FRACTION", help="Fraction held out for validation and calibration."
+    ),
+    folds: Optional[int] = typer.Option(  # noqa: UP007
+        None, "--folds", metavar="K",
+        help="Calibrate on out-of-fold predictions of K folds instead (then train on everything).", show_default=False,
+    ),
+    max_shift: int = typer.Option(16, "--max-shift", min=0, metavar="PIXELS", help="Largest random translation in pixels."),
     calibration: str = typer.Option(
-        "auce", "--calibration",
+        "auce", "--calibration", metavar="auce|ci95|nll",
         help="Fit the variance factor to: auce (all interval levels), ci95 (the 95 % interval) or nll (likelihood).",
     ),
     units: Optional[list[str]] = typer.Option(  # noqa: UP007
-        None, "--units", help="Units, e.g. 'weight_kg=kg,vat=L' (default: from the name's suffix)."
+        None, "--units", metavar="TARGET=UNIT,...",
+        help="Units, e.g. 'weight_kg=kg,vat=L' (default: from the name's suffix).", show_default=False,
     ),
     fields: Optional[list[str]] = typer.Option(  # noqa: UP007
-        None, "--fields", help="UK Biobank field ids, e.g. 'weight=21002'."
+        None, "--fields", metavar="TARGET=FIELD,...", help="UK Biobank field ids, e.g. 'weight=21002'.",
+        show_default=False,
     ),
     target_info: Optional[Path] = typer.Option(  # noqa: UP007
-        None, "--target-info", help="CSV with columns name,unit,field describing the targets."
+        None, "--target-info", metavar="FILE", help="CSV with columns name,unit,field describing the targets.",
+        show_default=False,
     ),
-    description: str = typer.Option("", "--description", help="Description recorded in module.json."),
-    intended_use: str = typer.Option("", "--intended-use", help="Intended use recorded in module.json."),
+    description: str = typer.Option("", "--description", metavar="TEXT", help="Description recorded in module.json."),
+    intended_use: str = typer.Option(
+        "research", "--intended-use", metavar="research|synthetic-demo",
+        help="Recorded in module.json; a synthetic-demo module is applied only when named with -m.",
+    ),
     init: Optional[Path] = typer.Option(  # noqa: UP007
-        None, "--init", help="Start from a torchvision-format ResNet50 state dict (its width, 64 for ImageNet weights; fc is not loaded)."
+        None, "--init", metavar="FILE",
+        help="Start from a torchvision-format ResNet50 state dict (its width, 64 for ImageNet weights; fc is not loaded).",
+        show_default=False,
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
     threads: Optional[int] = typer.Option(  # noqa: UP007
-        None, "--threads", min=1, help="CPU threads for torch (per worker with --workers)."
+        None, "--threads", min=1, metavar="N", help="CPU threads for torch (per worker with --workers).",
+        show_default=False,
     ),
     workers: int = typer.Option(
-        1, "--workers", min=1, help="Networks trained at once, one process each (CPU: up to one per core)."
+        1, "--workers", min=1, metavar="N", help="Networks trained at once, one process each (CPU: up to one per core)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of splits, initialisation, batches and augmentation."),
-    checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=1, help="Iterations between checkpoints."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of splits, initialisation, batches and augmentation."),
+    checkpoint_every: int = typer.Option(
+        100, "--checkpoint-every", min=1, metavar="N", help="Iterations between checkpoints."
+    ),
     work_dir: Optional[Path] = typer.Option(  # noqa: UP007
-        None, "--work-dir", help="Checkpoint folder (default: .<output>.train beside the output)."
+        None, "--work-dir", metavar="FOLDER", help="Checkpoint folder (default: .<output>.train beside the output).",
+        show_default=False,
     ),
     restart: bool = typer.Option(False, "--restart", help="Discard checkpoints of an earlier run and start afresh."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep the checkpoint folder afterwards."),
@@ -195,7 +219,12 @@ def train_cmd(
     """
     import torch
 
+    from mimir.errors import UsageError
+    from mimir.models.modules import INTENDED_USES
     from mimir.training import train_module
+
+    if intended_use not in INTENDED_USES:
+        raise UsageError(f"--intended-use must be one of {', '.join(INTENDED_USES)}, got {intended_use!r}")
 
     if threads is not None:
         torch.set_num_threads(threads)
