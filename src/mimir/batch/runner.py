@@ -232,8 +232,16 @@ def run_batch(
     ``retry_failed``, ``num_shards``, ``shard_index``, ``engine``, ...).
     Returns the counts; raises :class:`~mimir.errors.MimirError` when the run
     cannot proceed (nothing is lost: a rerun resumes).
+
+    The local engine starts ``spawn`` processes, which import the calling
+    script again: in a script, call this under ``if __name__ == "__main__":``
+    (a call outside it raises :class:`~mimir.errors.UsageError` saying so).
     """
     opts = BatchOptions(input=os.fspath(input), out_dir=os.fspath(out_dir), **options)
+    if opts.engine == "local":
+        from mimir.utils.processes import require_main_guard
+
+        require_main_guard("mimir.run_batch")
     return execute(opts, monitor or Monitor())
 
 
