@@ -223,3 +223,21 @@ def test_check_layout() -> None:
     for bad, path in (("tidy", None), ("long", "x.json")):
         with pytest.raises(UsageError):
             check_layout(bad, path)
+
+
+def test_image_contract_doc_cites_tests_that_exist() -> None:
+    doc = (ROOT / "docs" / "image-contract.md").read_text()
+    cited = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", doc)
+    assert len(cited) >= 6
+    for path, name in cited:
+        text = (ROOT / path).read_text()
+        if name:
+            assert f"def {name}(" in text, (path, name)
+    for name in re.findall(r"`(test_\w+)`", doc):
+        assert any(f"def {name}(" in (ROOT / p).read_text() for p, _ in cited), name
+    from mimir.preprocessing import fusion, projection
+    from mimir.preprocessing.pipeline import PIPELINE_VERSION
+
+    assert PIPELINE_VERSION == "mimir-v1" and "2.23214293 x 2.23214293 x 3.0 mm" in doc
+    assert tuple(fusion.OUT_SPACING) == (2.23214293, 2.23214293, 3.0)
+    assert (fusion.MAX_OVERLAP, fusion.TRIM_SLICES, projection.BED_ROWS) == (8, 4, 22)
