@@ -184,6 +184,9 @@ def train_cmd(
         "research", "--intended-use", metavar="research|synthetic-demo",
         help="Recorded in module.json; a synthetic-demo module is applied only when named with -m.",
     ),
+    intended_use_note: str = typer.Option(
+        "", "--intended-use-note", metavar="TEXT", help="What the module is for, in words (module.json)."
+    ),
     init: Optional[Path] = typer.Option(  # noqa: UP007
         None, "--init", metavar="FILE",
         help="Start from a torchvision-format ResNet50 state dict (its width, 64 for ImageNet weights; fc is not loaded).",
@@ -250,6 +253,7 @@ def train_cmd(
             version=version,
             description=description,
             intended_use=intended_use,
+            intended_use_note=intended_use_note,
             arch=arch,
             width=width,
             members=members,

@@ -73,7 +73,10 @@ class TrainConfig:
     name: str = "module"
     version: str = "1.0"
     description: str = ""
-    intended_use: str = ""
+    #: "research" or "synthetic-demo" (module.json; a synthetic-demo module runs only when named)
+    intended_use: str = "research"
+    #: free text for humans: what the module is for
+    intended_use_note: str = ""
     arch: str = "resnet50"
     width: int = 64
     members: int = 5
@@ -123,7 +126,7 @@ class TrainConfig:
         d = asdict(self)
         # members is left out: jobs are stored per member, so K can grow or shrink between runs
         for k in (
-            "name", "version", "description", "intended_use", "checkpoint_every", "eval_batch_size", "members",
+            "name", "version", "description", "intended_use", "intended_use_note", "checkpoint_every", "eval_batch_size", "members",
             "calibration",
         ):
             d.pop(k)
@@ -714,7 +717,7 @@ def train(
             "nearest-edge fill, members differ by seed; one variance scale per target fitted on held-out "
             f"predictions to {objective}"
         ),
-        "config": {k: v for k, v in asdict(config).items() if k not in ("description", "intended_use")},
+        "config": {k: v for k, v in asdict(config).items() if k not in ("description", "intended_use", "intended_use_note")},
         "data": {
             "subjects": len(dataset.names),
             "train_subjects": n_train,
@@ -741,6 +744,7 @@ def train(
         state_dicts=[r.state_dict for _, r in members],
         description=config.description or f"Trained with mimir train on {len(dataset.names)} subjects.",
         intended_use=config.intended_use,
+        intended_use_note=config.intended_use_note,
         source=src,
         overwrite=overwrite,
     )
