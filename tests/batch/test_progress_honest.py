@@ -97,3 +97,35 @@ def test_interrupted_message_counts_recorded_subjects() -> None:
     msg = interrupted_message(0, 3, out)
     assert "3 subject(s) are recorded in out/records" in msg and "run the same command again" in msg
     assert "10 subject(s) are recorded" in interrupted_message(7, 3, out) and "(3 in this run)" in interrupted_message(7, 3, out)
+
+
+def test_batch_long_format_equals_predicts_and_merge_keeps_it(tmp_path: Path) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    from conftest_models import save_images
+    from mimir.cli import app
+    from test_batch import make_module
+
+    runner = CliRunner()
+    module = make_module(tmp_path / "tiny")
+    save_images(tmp_path / "in", ["1000001_20201_2_0", "1000002_20201_2_0"], seed=4)
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["batch", str(tmp_path / "in"), "-o", str(out), "-m", module, "--format", "long",
+                            "--device", "cpu", "--workers", "1", "--threads", "1", "-b", "2"])
+    assert r.exit_code == 0, r.stderr
+    run = __import__("json").loads((out / "run.json").read_text())
+    assert run["csv_layout"] == "long" and run["output_schema"] == "2"
+    with open(out / "predictions.csv", newline="") as fh:
+        batch_rows = list(csv.DictReader(fh))
+    assert [(x["name"], x["target"]) for x in batch_rows] == [
+        (n, t) for n in ("1000001_20201_2_0", "1000002_20201_2_0") for t in ("AtlasVatVolume", "age", "liverFat")
+    ]
+    r = runner.invoke(app, ["predict", str(tmp_path / "in"), "-m", module, "-o", str(tmp_path / "p.csv"),
+                            "--format", "long", "--device", "cpu", "-b", "2"])
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "p.csv").read_text() == (out / "predictions.csv").read_text()
+    r = runner.invoke(app, ["merge", str(out), "-o", str(tmp_path / "merged")])
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "merged" / "predictions.csv").read_text() == (out / "predictions.csv").read_text()

@@ -87,7 +87,7 @@ def demo_cmd(
     console.print(
         f"{result.covered} of {len(result.rows)} true values inside their {level} interval. "
         f"[dim](generate {result.seconds.get('generate', 0):.1f} s, preprocess {result.seconds.get('preprocess', 0):.1f} s, "
-        f"predict {result.seconds.get('predict', 0):.2f} s on {result.device})[/]",
+        f"predict {result.seconds.get('predict', 0):.2f} s on {escape(result.device)})[/]",
         highlight=False,
         soft_wrap=True,
     )

@@ -86,6 +86,7 @@ def _source_text(entry) -> str:  # noqa: ANN001
 
 
 def _print_list(entries) -> None:  # noqa: ANN001
+    from rich.markup import escape
     from rich.table import Table
 
     from mimir.models.registry import scan_modules
@@ -99,13 +100,16 @@ def _print_list(entries) -> None:  # noqa: ANN001
         names.add(e.name)
         have = installed.get(e.name)
         table.add_row(
-            e.name,
-            e.version,
+            escape(e.name),
+            escape(e.version),
             str(len(e.targets)),
             have.version if have else "-",
             _source_text(e),
         )
     for name, spec in installed.items():
         if name not in names:
-            table.add_row(name, spec.version, str(spec.num_targets), spec.version, "built-in" if spec.builtin else "local")
+            table.add_row(
+                escape(name), escape(spec.version), str(spec.num_targets), escape(spec.version),
+                "built-in" if spec.builtin else "local",
+            )
     console.print(table)

@@ -67,7 +67,7 @@ def list_targets_cmd(
             if i.modules:
                 where = f"[green]{escape(', '.join(i.modules))}[/]"
             elif i.available_in:
-                where = f"[dim]({', '.join(i.available_in)})[/]"
+                where = f"[dim]({escape(', '.join(i.available_in))})[/]"
             else:
                 where = ""
             rows.append([escape(i.name), _f(i.field, "{}"), escape(i.unit), *(values[c] for c in figures), where])

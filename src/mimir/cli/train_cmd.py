@@ -66,7 +66,7 @@ class _RichProgress:
             state["task"] = self.bar.add_task(label, total=iterations, completed=start_iteration, loss="", speed="")
         else:
             resumed = f" (resumed at iteration {start_iteration})" if start_iteration else ""
-            err_console.print(f"training {label}{resumed}", highlight=False, soft_wrap=True)
+            err_console.print(f"training {label}{resumed}", highlight=False, soft_wrap=True, markup=False)
 
     def step(self, job: Any, iteration: int, loss: float) -> None:
         state = self.jobs[job.index]
@@ -98,10 +98,10 @@ class _RichProgress:
         if self.live:
             self.bar.remove_task(state["task"])
         else:
-            err_console.print(f"finished {state['label']} in {seconds / 60:.1f} min", highlight=False, soft_wrap=True)
+            err_console.print(f"finished {state['label']} in {seconds / 60:.1f} min", highlight=False, soft_wrap=True, markup=False)
 
     def message(self, text: str) -> None:
-        err_console.print(text, highlight=False, soft_wrap=True)
+        err_console.print(text, highlight=False, soft_wrap=True, markup=False)
 
     def loading(self, done: int, total: int) -> None:
         if self.live:
@@ -112,7 +112,7 @@ class _RichProgress:
             if done == total:
                 self.bar.remove_task(self.load_task)
         elif done == total or done % 500 == 0:
-            err_console.print(f"loaded {done}/{total} images", highlight=False)
+            err_console.print(f"loaded {done}/{total} images", highlight=False, markup=False)
 
     def close(self) -> None:
         if self.live:
@@ -276,18 +276,19 @@ def train_cmd(
 
 
 def _print_summary(result: Any, seconds: float) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     spec = result.spec
     if result.metrics:
-        table = Table(title=f"{spec.name}: held-out validation", title_justify="left")
+        table = Table(title=escape(f"{spec.name}: held-out validation"), title_justify="left")
         for col in ("target", "unit", "N", "MAE", "R2", "ICC", "MAPE %", "cov95 raw", "cov95 cal", "factor"):
             table.add_column(col, justify="left" if col in ("target", "unit") else "right")
         for t in spec.targets:
             m = result.metrics.get(t.name, {})
             table.add_row(
-                t.name,
-                t.unit,
+                escape(t.name),
+                escape(t.unit),
                 _fmt(m.get("n")),
                 _fmt(m.get("mae")),
                 _fmt(m.get("r2")),
@@ -300,11 +301,10 @@ def _print_summary(result: Any, seconds: float) -> None:
         console.print(table)
     else:
         console.print("no subjects held out: calibration factors are 1 and no validation metrics were recorded")
-    console.print(
+    say(
         f"wrote module {spec.name} ({len(spec.members)} member(s), width {spec.width}) to {spec.path} "
         f"in {seconds / 60:.1f} min ({_fmt(result.iterations_per_second, 2)} it/s, "
         f"{_fmt(result.images_per_second, 1)} img/s"
-        f"{f' per network, {result.workers} at once' if result.workers > 1 else ''})",
-        highlight=False,
+        f"{f' per network, {result.workers} at once' if result.workers > 1 else ''})"
     )
-    console.print(f"use it: mimir predict -m {spec.path} IMAGES...   install it: mimir fetch-weights --from {spec.path}")
+    say(f"use it: mimir predict -m {spec.path} IMAGES...   install it: mimir fetch-weights --from {spec.path}")
