@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,11 @@ def test_every_help_shows_placeholders_not_python_types() -> None:
         for bad in FORBIDDEN:
             assert bad not in r.stdout, (args, bad, r.stdout)
         assert "Exit codes: 0 everything done; 1 the run could not proceed" in " ".join(r.stdout.split()), args
+        if args:
+            usage = next(ln.strip() for ln in r.stdout.splitlines() if "Usage:" in ln)
+            # one style: [OPTIONS] then UPPER-CASE placeholders, '...' when repeatable, [...] when optional
+            assert re.fullmatch(r"Usage: mimir [a-z-]+ \[OPTIONS\]( \[?[A-Z][A-Za-z_.]*(\.\.\.)?\]?)*", usage), usage
+            assert "[[" not in usage and "]..." not in usage, usage
 
 
 def test_every_command_names_its_output_option_alike() -> None:

@@ -22,7 +22,7 @@ from mimir.errors import EXIT_ERROR, EXIT_PARTIAL
 @handle_errors
 def fetch_weights_cmd(
     names: Optional[list[str]] = typer.Argument(  # noqa: UP007 (typer needs Optional)
-        None, metavar="[NAME]...", help="Modules of the weights manifest (default: all of them).", show_default=False
+        None, metavar="NAME...", help="Modules of the weights manifest (default: all of them).", show_default=False
     ),
     manifest: Optional[str] = typer.Option(  # noqa: UP007
         None, "--manifest", metavar="FILE|URL",
