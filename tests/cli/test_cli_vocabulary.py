@@ -123,3 +123,10 @@ def test_predict_searches_folders_like_batch_and_refuses_duplicate_names(tmp_pat
     a, b = str(tmp_path / "in" / "1000001_20201_2_0.npy"), str(tmp_path / "other" / "1000001_20201_2_0.npy")
     assert {p for p, _ in refused} == {a, b}
     assert all((b if p == a else a) in reason for p, reason in refused)
+
+
+def test_train_intended_use_is_research_or_synthetic_demo(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["train", str(tmp_path), str(tmp_path / "t.csv"), "-o", str(tmp_path / "m"),
+                            "--intended-use", "for fun"])
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "error: --intended-use must be one of research, synthetic-demo, got 'for fun'"
