@@ -12,7 +12,7 @@ import pytest
 from conftest_models import no_builtin_modules, random_resnet_state, save_images, single_torch_thread  # noqa: F401
 from typer.testing import CliRunner
 
-from mimir.errors import UsageError
+from mimir.errors import ModuleError, UsageError
 from mimir.inference.predictions import LONG_HEADER, WIDE_LEAD, SubjectResult, TargetPrediction, csv_header, layout_for
 from mimir.models.modules import TargetSpec, write_module
 from mimir.outputs.writers import SCHEMA_VERSION, csv_text, long_csv_text
@@ -212,7 +212,7 @@ def test_legacy_free_text_intended_use_is_read(tmp_path: Path) -> None:
     assert (old.intended_use, old.intended_use_note) == ("synthetic-demo", "Synthetic demonstration only: phantoms.")
     research = spec_from_json({**base, "intended_use": "Research use on UK Biobank."})
     assert (research.intended_use, research.intended_use_note) == ("research", "Research use on UK Biobank.")
-    with pytest.raises(Exception, match="intended_use"):
+    with pytest.raises(ModuleError, match="intended_use"):
         spec_from_json({**base, "intended_use": 3})
 
 
