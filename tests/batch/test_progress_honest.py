@@ -99,6 +99,7 @@ def test_interrupted_message_counts_recorded_subjects() -> None:
     assert "10 subject(s) are recorded" in interrupted_message(7, 3, out) and "(3 in this run)" in interrupted_message(7, 3, out)
 
 
+@pytest.mark.slow
 def test_batch_long_format_equals_predicts_and_merge_keeps_it(tmp_path: Path) -> None:
     import csv
 
