@@ -34,7 +34,7 @@ def test_predict_on_fifo_and_dev_zero_is_one_line_each(tmp_path, image):
     fifo = tmp_path / "1_20201_2_0.zip"
     os.mkfifo(fifo)
     out = tmp_path / "out.csv"
-    r = mimir_capped("predict", str(fifo), "/dev/zero", str(image), "--device", "cpu", "-o", str(out),
+    r = mimir_capped("predict", str(fifo), "/dev/zero", str(image), "--device", "cpu", "-o", str(out), "-m", "phantom-demo",
                      cap=TORCH_CAP, timeout=300)
     assert r.returncode == 2, r.stderr
     errors = [x for x in r.error_lines if x.startswith("error:")]
@@ -80,7 +80,8 @@ def test_predict_write_failure_after_work_is_one_line(tmp_path, image, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(writers, "write_results", full)
-    r = runner.invoke(_cli(), ["predict", str(image), "--device", "cpu", "-o", str(tmp_path / "o.csv")])
+    r = runner.invoke(_cli(), ["predict", str(image), "--device", "cpu", "-m", "phantom-demo", "-o",
+                                str(tmp_path / "o.csv")])
     assert r.exit_code == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "computed but could not be written (No space left on device)" in lines[0]
@@ -100,7 +101,8 @@ def test_file_mimir_home_does_not_break_predict_or_fetch(tmp_path, image, monkey
     home.write_text("x")
     monkeypatch.setenv("MIMIR_HOME", str(home))
     monkeypatch.setenv("MIMIR_CACHE", str(home))
-    r = runner.invoke(_cli(), ["predict", str(image), "--device", "cpu", "-o", str(tmp_path / "o.csv")])
+    r = runner.invoke(_cli(), ["predict", str(image), "--device", "cpu", "-m", "phantom-demo", "-o",
+                               str(tmp_path / "o.csv")])
     assert r.exit_code == 0, r.stderr  # the built-in module; the cache is skipped
     from mimir.models.registry import builtin_modules_dir
 
