@@ -50,10 +50,23 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
-_LAUNCH = (
-    "import os, resource, sys; cap = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_AS, (cap, cap)); "
-    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
-)
+#: Runs ``python -m MODULE ARGS`` under RLIMIT_AS and writes the process's own peak RSS (VmHWM of
+#: its address space, which starts fresh at exec; ru_maxrss would include the RSS of this large test
+#: process at fork time) to the file named by $MIMIR_TEST_PEAK_FILE when it exits.
+_LAUNCH = """
+import atexit, os, resource, runpy, sys
+cap = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+def _peak():
+    with open("/proc/self/status") as fh:
+        kb = next((int(l.split()[1]) for l in fh if l.startswith("VmHWM:")), 0)
+    with open(os.environ["MIMIR_TEST_PEAK_FILE"], "w") as out:
+        out.write(str(kb * 1024))
+atexit.register(_peak)
+assert sys.argv[2] == "-m", "only python -m MODULE is supported"
+sys.argv = [sys.argv[3], *sys.argv[4:]]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
 
 
 def run_capped(
@@ -66,11 +79,11 @@ def run_capped(
     import threading
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        # A small launcher sets the cap and execs: no preexec_fn, so subprocess uses vfork and the
-        # child's peak RSS does not start at the (large) RSS of this test process.
+        peak_file = tempfile.NamedTemporaryFile(prefix="mimir-peak-", delete=False)
+        peak_file.close()
         proc = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCH, str(cap), *args], stdout=out, stderr=err, text=True, env=_env(env),
-            cwd=cwd,
+            [sys.executable, "-c", _LAUNCH, str(cap), *args], stdout=out, stderr=err, text=True,
+            env={**_env(env), "MIMIR_TEST_PEAK_FILE": peak_file.name}, cwd=cwd,
         )
         timed_out = threading.Event()
 
@@ -81,16 +94,20 @@ def run_capped(
         timer = threading.Timer(timeout, kill)
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+            _, status, usage = os.wait4(proc.pid, 0)
         finally:
             timer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
+    del usage  # ru_maxrss is not the child's own peak (see _LAUNCH)
+    text = Path(peak_file.name).read_text().strip()
+    os.unlink(peak_file.name)
     if timed_out.is_set():
         raise AssertionError(f"timed out after {timeout} s (a hang); stderr: {stderr[-2000:]}")
-    return Capped(proc.returncode, stdout, stderr, usage.ru_maxrss * 1024)
+    assert text, f"the child did not report its peak memory (killed?); stderr: {stderr[-2000:]}"
+    return Capped(proc.returncode, stdout, stderr, int(text))
 
 
 def mimir_capped(*args: str, **kw) -> Capped:

@@ -143,7 +143,7 @@ def _not_regular(path: str) -> str | None:
     """
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # missing, or a name the OS cannot take (a NUL byte)
         return None
     if stat.S_ISREG(st.st_mode):
         return None
