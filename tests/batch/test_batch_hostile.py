@@ -197,3 +197,29 @@ def test_non_finite_prediction_is_an_error_with_module_and_target(tmp_path):
                                   str(tmp_path / "p.csv")])
     assert rp.exit_code == (1 if len(errors) == 3 else 2), rp.stderr
     assert sum("prediction is not finite for hot/" in x for x in rp.stderr.splitlines()) == len(errors)
+
+
+def test_unwritable_output_folder_is_one_line_before_any_work(tmp_path, module, monkeypatch):
+    """A folder where no file can be created (read-only mount, permissions; simulated so it holds as root)."""
+    import tempfile
+
+    from mimir.utils import atomic
+
+    data = tmp_path / "data"
+    data.mkdir()
+    save_images(data, ["img_a"], seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    real = tempfile.mkstemp
+
+    def read_only(*args, **kwargs):
+        if Path(kwargs.get("dir", "")) == out:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)
+    r = batch(_args(data, out, module))
+    assert r.exit_code == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write in the output folder (Permission denied)" in lines[0], r.stderr
+    assert list(out.iterdir()) == []

@@ -275,11 +275,7 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
         ) from None
     if not out.is_dir():
         raise UsageError("is a file, not a folder", path=opts.out_dir, hint="Give an output folder (-o).")
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(
-            "cannot write in the output folder (permission denied)", path=opts.out_dir,
-            hint="Give an output folder you can write to (-o).",
-        )
+    atomic.check_writable_dir(out, create=False)  # a real write: permissions, read-only mounts, root
     workers = opts.workers or usable_cpus()  # the Ray engine leaves it to Ray unless given
     devices = opts.devices()
 
