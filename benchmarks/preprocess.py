@@ -9,7 +9,7 @@ water/fat slices beside it (the floor that the rest is measured against):
 - cold: a fresh ``python`` process per try, from interpreter start to the
   first image (imports, compiled-kernel loading and the subject itself);
   minimum over ``--cold-repeats`` tries;
-- stages (``--stages``): CPU time of each step for the first subject.
+- stages (``--stages``): CPU time of each step for the first subject (min of ``--repeats``).
 
 The machine may be shared: CPU times and minima are the figures to compare;
 wall times are printed beside them. ``MIMIR_NUMBA=0`` in the environment
@@ -71,10 +71,9 @@ def _warm(zip_paths: list[str], repeats: int, queue: mp.Queue) -> None:
         queue.put((path, *best, peak_mb))
 
 
-def _stages(path: str, queue: mp.Queue) -> None:
-    """CPU seconds per step of one subject (second pass, after first-call costs)."""
+def _stages(path: str, repeats: int, queue: mp.Queue) -> None:
+    """CPU seconds per step of one subject, the minimum over ``repeats`` passes (after a first, cold one)."""
     _pin_one_core()
-    import numpy as np
 
     from mimir.preprocessing import fusion, projection, stations
     from mimir.preprocessing.pipeline import preprocess
@@ -84,44 +83,27 @@ def _stages(path: str, queue: mp.Queue) -> None:
 
     reuse_freed_memory()
     preprocess(path, cache=False)
-    rows: list[tuple[str, float]] = []
+    best: dict[str, float] = {}
+
+    def record(name: str, seconds: float) -> None:
+        best[name] = min(best.get(name, float("inf")), seconds)
 
     def step(name, fn, *args):  # type: ignore[no-untyped-def]
         t = time.process_time()
         out = fn(*args)
-        rows.append((name, time.process_time() - t))
+        record(name, time.process_time() - t)
         return out
 
-    step("cache key (sha256 of the zip)", file_sha256, path)
-    slices = step("read + decode water/fat slices", read_signal_slices, path)
-    grouped = step("stations: group", stations.group_stations, slices, path)
-    sset = step("stations: pair water/fat", stations.pair_water_fat, grouped, path)
-    shapes = np.array([s.voxels.shape for s in sset.fat])
-    grid = fusion.station_grid(sset.positions, sset.spacings, shapes)
-    plan, _ = fusion.plan_overlaps(grid)
-    times = {"resample": 0.0, "fade + correct": 0.0, "paste": 0.0}
-    fused = []
-    for channel in (sset.water, sset.fat):
-        t = time.process_time()
-        placed = []
-        for i, st in enumerate(channel):
-            v = st.voxels
-            if fusion.needs_resampling(grid, i, v.shape):
-                v = fusion.resample_trimmed(v, grid, i, int(plan.cut_start[i]), int(plan.cut_end[i]))
-            else:
-                v = v[:, :, plan.cut_start[i] : v.shape[2] - plan.cut_end[i]].copy()
-            placed.append(v)
-        times["resample"] += time.process_time() - t
-        t = time.process_time()
-        faded = fusion.fade_and_correct(placed, plan.overlaps, copy=False)
-        times["fade + correct"] += time.process_time() - t
-        t = time.process_time()
-        fused.append(fusion.paste(faded, plan.start, plan.end))
-        times["paste"] += time.process_time() - t
-    rows += [(f"fusion: {k} (water + fat)", v) for k, v in times.items()]
-    step("image: mask, Otsu, projections, fat fraction, resize", projection.make_image, *fused)
-    step("preprocess() total, cache off", preprocess, path, False)
-    queue.put(rows)
+    for _ in range(repeats):
+        step("cache key (sha256 of the zip)", file_sha256, path)
+        slices = step("read + decode water/fat slices", read_signal_slices, path)
+        grouped = step("stations: group", stations.group_stations, slices, path)
+        sset = step("stations: pair water/fat", stations.pair_water_fat, grouped, path)
+        fused = step("fusion: resample, fade + correct, paste (water + fat)", fusion.fuse_stations, sset)
+        step("image: mask, Otsu, projections, fat fraction, resize", projection.make_image, fused.water, fused.fat)
+        del slices, grouped, sset, fused
+        step("preprocess() total, cache off", lambda: preprocess(path, cache=False))
+    queue.put(list(best.items()))
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -179,11 +161,11 @@ def main() -> int:
 
     if args.stages:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_stages, args=(paths[0], queue))
+        proc = ctx.Process(target=_stages, args=(paths[0], args.repeats, queue))
         proc.start()
         rows = queue.get()
         proc.join()
-        print(f"\nstages of {Path(paths[0]).name} (CPU s):")
+        print(f"\nstages of {Path(paths[0]).name} (CPU s, min of {args.repeats}):")
         for name, t in rows:
             print(f"  {name:<55} {t:7.3f}")
 

@@ -28,6 +28,25 @@ def _expand(inputs: list[str]) -> list[str]:
     return out
 
 
+def _predictor_while_preprocessing(first_files: list[str], make):  # noqa: ANN001, ANN202
+    """``make()`` (imports torch, loads the modules) while a thread fills the image cache with ``first_files``.
+
+    Cuts the time to the first prediction: zip decoding and fusion mostly run
+    outside the GIL, so they overlap with torch's start-up.
+    """
+    if not first_files:
+        return make()
+    import threading
+
+    from mimir.preprocessing.pipeline import fill_cache
+
+    worker = threading.Thread(target=fill_cache, args=(first_files,), name="mimir-prefetch", daemon=True)
+    worker.start()
+    predictor = make()  # on an error the daemon thread is left behind: the command ends anyway
+    worker.join()
+    return predictor
+
+
 @app.command("predict")
 @handle_errors
 def predict_cmd(
@@ -76,7 +95,10 @@ def predict_cmd(
 
         torch.set_num_threads(threads)
 
-    predictor = Predictor(module or None, device=device, gpu=gpu, precision=precision, batch_size=batch_size, level=ci)
+    predictor = _predictor_while_preprocessing(
+        files[:batch_size] if not no_cache else [],
+        lambda: Predictor(module or None, device=device, gpu=gpu, precision=precision, batch_size=batch_size, level=ci),
+    )
     failed = 0
 
     def on_error(rec) -> None:  # noqa: ANN001

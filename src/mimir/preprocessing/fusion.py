@@ -138,21 +138,28 @@ def resample_station(voxels: np.ndarray, grid: Grid, i: int, dtype: type = np.fl
     return out
 
 
-def resample_trimmed(voxels: np.ndarray, grid: Grid, i: int, cut_start: int, cut_end: int) -> np.ndarray:
+def resample_trimmed(
+    voxels: np.ndarray, grid: Grid, i: int, cut_start: int, cut_end: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """``resample_station(voxels, grid, i, float32)[:, :, cut_start : size - cut_end]``, computed directly.
 
     With the compiled kernels (:mod:`mimir.preprocessing.kernels`) the
     three interpolation passes run as one pass over memory and only the
     kept slices are computed; the values are bit-identical to
-    :func:`resample_station`'s. Returns a new float32 array.
+    :func:`resample_station`'s. Returns a new float32 array, or ``out``
+    (C-contiguous float32 of the trimmed shape) filled.
     """
     from mimir.preprocessing import kernels
 
     size = tuple(int(s) for s in grid.size[i])
     depth = size[2] - cut_start - cut_end
     if not kernels.enabled() or voxels.dtype != np.float32 or depth <= 0 or min(voxels.shape) == 0:
-        out = resample_station(voxels, grid, i, dtype=np.float32)
-        return out[:, :, cut_start : out.shape[2] - cut_end]
+        full = resample_station(voxels, grid, i, dtype=np.float32)
+        trimmed = full[:, :, cut_start : full.shape[2] - cut_end]
+        if out is None:
+            return trimmed
+        np.copyto(out, trimmed)
+        return out
     shape = np.array(voxels.shape)
     scale = (grid.origin_end[i] - grid.origin[i]) / shape
     offset = grid.origin[i] - grid.start[i]
@@ -160,7 +167,8 @@ def resample_trimmed(voxels: np.ndarray, grid: Grid, i: int, cut_start: int, cut
     for axis in range(3):
         a0, a1, da = interpolation_taps(size[axis], int(shape[axis]), scale[axis], offset[axis])
         taps += [a0, a1, 1 - da, da]
-    out = np.empty((size[0], size[1], depth), dtype=np.float32)
+    if out is None:
+        out = np.empty((size[0], size[1], depth), dtype=np.float32)
     kernels.resample_into(np.ascontiguousarray(voxels), *taps, cut_start, out)
     return out
 
@@ -404,6 +412,52 @@ class FusedVolumes:
     warnings: list[str]
 
 
+def _fuse_channel_compiled(channel: list, grid: Grid, plan: OverlapPlan) -> np.ndarray | None:
+    """One channel through the compiled kernels: the kept slices of every station resampled
+    (or copied) into one float32 buffer, faded and corrected there, then pasted in one sweep.
+
+    The values are those of the NumPy steps in :func:`fuse_stations`; None
+    (the caller takes those steps) when the kernels are off or a station's
+    size disagrees with its place on the grid (where :func:`paste` raises).
+    """
+    from mimir.preprocessing import kernels
+
+    if not kernels.enabled():
+        return None
+    shapes = []
+    for i, station in enumerate(channel):
+        v = station.voxels
+        size = grid.size[i] if needs_resampling(grid, i, v.shape) else np.array(v.shape)
+        shapes.append((int(size[0]), int(size[1]), int(size[2] - plan.cut_start[i] - plan.cut_end[i])))
+        if v.dtype != np.float32 or v.ndim != 3 or shapes[-1] != tuple(int(x) for x in plan.size[i]):
+            return None
+        if min(shapes[-1]) <= 0 or np.any(plan.start[i] < 0):
+            return None
+    counts = [a * b * c for a, b, c in shapes]
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    buf = np.empty(int(sum(counts)), dtype=np.float32)
+    placed = []
+    for i, station in enumerate(channel):
+        out = buf[offsets[i] : offsets[i] + counts[i]].reshape(shapes[i])
+        v = station.voxels
+        lo, hi = int(plan.cut_start[i]), int(plan.cut_end[i])
+        if needs_resampling(grid, i, v.shape):
+            resample_trimmed(v, grid, i, lo, hi, out=out)
+        else:
+            np.copyto(out, v[:, :, lo : v.shape[2] - hi])
+        placed.append(out)
+    fade_and_correct(placed, plan.overlaps, copy=False)  # in place: the views into buf
+    splits, written_to = [], 0
+    for a, b in zip(plan.start, plan.end):
+        splits.append(min(max(written_to, int(a[2])), int(b[2])))
+        written_to = max(written_to, int(b[2]))
+    volume = np.empty(tuple(int(x) for x in plan.end.max(axis=0)))
+    kernels.paste_all(volume, buf, offsets, np.array(shapes, dtype=np.int64),
+                      np.ascontiguousarray(plan.start, dtype=np.int64), np.array(splits, dtype=np.int64))
+    volume = np.swapaxes(np.flip(volume, 2), 0, 1)
+    return volume[:, :, TRIM_SLICES : volume.shape[2] - TRIM_SLICES]
+
+
 def fuse_stations(stations: StationSet) -> FusedVolumes:
     """Resample, trim, fade, correct and fuse water and fat (spec sections 4-6)."""
     shapes = np.array([s.voxels.shape for s in stations.fat])
@@ -411,6 +465,10 @@ def fuse_stations(stations: StationSet) -> FusedVolumes:
     plan, warnings = plan_overlaps(grid)
     fused = []
     for channel in (stations.water, stations.fat):
+        compiled = _fuse_channel_compiled(channel, grid, plan)
+        if compiled is not None:
+            fused.append(compiled)
+            continue
         placed = []
         for i, station in enumerate(channel):
             v = station.voxels

@@ -201,3 +201,43 @@ def mask_counts(water, fat, keep, threshold, counts_ap, counts_lr):  # type: ign
                     n += 1
             counts_ap[r] += n
             counts_lr[c] += n
+
+
+@_jit
+def paste_all(volume, buf, offsets, shapes, starts, splits):  # type: ignore[no-untyped-def]
+    """Every station into the float64 volume in one sweep over it; ``fusion.paste``'s values.
+
+    ``volume`` (rows, cols, slices) C-contiguous float64, fully written here
+    (zeros where no station lies). Station ``i`` is ``buf[offsets[i]:]``
+    read as a C-ordered float32 array of ``shapes[i]``, placed at
+    ``starts[i]``; along each (row, col) line its slices below ``splits[i]``
+    are added to what earlier stations wrote, the rest assigned. The same
+    additions in the same station order as ``fusion.paste``, but the volume
+    is walked once, line by line, instead of once per station.
+    """
+    n_rows, n_cols, n_slices = volume.shape
+    flat = volume.reshape(-1)
+    n_stations = offsets.shape[0]
+    for r in range(n_rows):
+        for c in range(n_cols):
+            base = (r * n_cols + c) * n_slices
+            written = 0
+            for i in range(n_stations):
+                r0 = starts[i, 0]
+                c0 = starts[i, 1]
+                z0 = starts[i, 2]
+                z1 = z0 + shapes[i, 2]
+                split = splits[i]
+                for z in range(written, z0):
+                    flat[base + z] = 0.0  # a gap between stations
+                if r0 <= r < r0 + shapes[i, 0] and c0 <= c < c0 + shapes[i, 1]:
+                    src = offsets[i] + ((r - r0) * shapes[i, 1] + (c - c0)) * shapes[i, 2] - z0
+                    for z in range(z0, split):
+                        flat[base + z] += np.float64(buf[src + z])
+                    for z in range(split, z1):
+                        flat[base + z] = np.float64(buf[src + z])
+                else:
+                    for z in range(split, z1):
+                        flat[base + z] = 0.0
+                if z1 > written:
+                    written = z1
