@@ -64,27 +64,6 @@ def preprocess(path: str | os.PathLike[str], *, cache: bool = True) -> np.ndarra
     return image
 
 
-def fill_cache(paths: list[str | os.PathLike[str]]) -> int:
-    """Preprocess subject zips into the image cache; return how many images are now cached.
-
-    Errors are ignored here (the caller reports them when it reads the
-    input for real); ``.npy`` inputs and missing files are skipped. Meant to
-    run in a background thread while a caller imports torch and loads its
-    modules: reading, decoding and the compiled kernels release the GIL for
-    most of their time, so the two overlap on a machine with two cores or more.
-    """
-    done = 0
-    for path in paths:
-        if str(path).lower().endswith(".npy") or not Path(path).is_file():
-            continue
-        try:
-            preprocess(path, cache=True)
-            done += 1
-        except Exception:  # noqa: BLE001 - reported later, by the real read
-            continue
-    return done
-
-
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Load an already made image (``.npy``) and check it is a (3, 256, 256) uint8 array."""
     try:
