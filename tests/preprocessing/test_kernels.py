@@ -7,6 +7,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -68,8 +73,15 @@ def test_resample_trimmed_equals_resample_station(shape, scale, offset, cuts, se
     if np.any(g.size[0] < 1) or g.size[0, 2] - sum(cuts) < 1:
         return
     full = fusion.resample_station(v, g, 0, dtype=np.float32)
-    assert kernels.enabled()
-    fast = fusion.resample_trimmed(v, g, 0, *cuts)
+    before = os.environ.get("MIMIR_NUMBA")
+    os.environ["MIMIR_NUMBA"] = "1"  # (hypothesis runs this many times: no monkeypatch)
+    try:
+        fast = fusion.resample_trimmed(v, g, 0, *cuts)
+    finally:
+        if before is None:
+            del os.environ["MIMIR_NUMBA"]
+        else:
+            os.environ["MIMIR_NUMBA"] = before
     assert np.array_equal(fast, full[:, :, cuts[0] : full.shape[2] - cuts[1]])
 
 
@@ -172,3 +184,24 @@ def test_zip_to_image_is_bit_identical(monkeypatch, tmp_path):
     s = generate_subject(tmp_path, seed=21, small=True)
     plain, fast = _both(monkeypatch, lambda: preprocess(s.zip_path, cache=False))
     assert np.array_equal(plain, fast)
+
+
+_POLICY = """
+import sys
+from mimir.preprocessing import accel
+first = accel.compiled()
+loaded_before = "numba" in sys.modules
+accel.image_made()
+second = accel.compiled()
+print(first is None, loaded_before, second is not None)
+"""
+
+
+def test_auto_mode_makes_the_first_image_without_numba(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MIMIR_NUMBA"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src")
+    out = subprocess.run([sys.executable, "-c", _POLICY], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False", "True"]
+    env["MIMIR_NUMBA"] = "1"
+    out = subprocess.run([sys.executable, "-c", _POLICY], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "False"  # forced: compiled from the first image on

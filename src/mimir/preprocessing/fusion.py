@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mimir.preprocessing import accel
 from mimir.preprocessing.stations import StationSet
 
 log = logging.getLogger("mimir")
@@ -143,17 +144,17 @@ def resample_trimmed(
 ) -> np.ndarray:
     """``resample_station(voxels, grid, i, float32)[:, :, cut_start : size - cut_end]``, computed directly.
 
-    With the compiled kernels (:mod:`mimir.preprocessing.kernels`) the
+    With the compiled kernels (:mod:`mimir.preprocessing.kernels`, see
+    :mod:`mimir.preprocessing.accel` for when they are used) the
     three interpolation passes run as one pass over memory and only the
     kept slices are computed; the values are bit-identical to
     :func:`resample_station`'s. Returns a new float32 array, or ``out``
     (C-contiguous float32 of the trimmed shape) filled.
     """
-    from mimir.preprocessing import kernels
-
+    kernels = accel.compiled()
     size = tuple(int(s) for s in grid.size[i])
     depth = size[2] - cut_start - cut_end
-    if not kernels.enabled() or voxels.dtype != np.float32 or depth <= 0 or min(voxels.shape) == 0:
+    if kernels is None or voxels.dtype != np.float32 or depth <= 0 or min(voxels.shape) == 0:
         full = resample_station(voxels, grid, i, dtype=np.float32)
         trimmed = full[:, :, cut_start : full.shape[2] - cut_end]
         if out is None:
@@ -366,10 +367,9 @@ def paste(stations: list[np.ndarray], start: np.ndarray, end: np.ndarray) -> np.
     head-foot with the head at the end), :data:`TRIM_SLICES` removed at both
     ends of the last axis.
     """
-    from mimir.preprocessing import kernels
-
+    kernels = accel.compiled()
     shape = tuple(int(x) for x in end.max(axis=0))
-    fast = kernels.enabled() and all(
+    fast = kernels is not None and all(
         v.dtype == np.float32 and v.shape == tuple(int(x) for x in b - a) and np.all(a >= 0)
         for v, a, b in zip(stations, start, end)
     )
@@ -420,9 +420,8 @@ def _fuse_channel_compiled(channel: list, grid: Grid, plan: OverlapPlan) -> np.n
     (the caller takes those steps) when the kernels are off or a station's
     size disagrees with its place on the grid (where :func:`paste` raises).
     """
-    from mimir.preprocessing import kernels
-
-    if not kernels.enabled():
+    kernels = accel.compiled()
+    if kernels is None:
         return None
     shapes = []
     for i, station in enumerate(channel):

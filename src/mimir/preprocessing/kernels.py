@@ -11,8 +11,10 @@ without fast-math flags).
 The kernels are compiled on first use and cached on disk (numba's
 ``cache=True``: next to this file, or in the user's cache folder when the
 package folder is read-only), so only the very first process pays the
-compilation. Importing this module imports numba (about 0.2 s); the
-pipeline imports it lazily, on the first subject.
+compilation. Importing this module imports numba (about 0.2 s CPU, and
+0.3 s more at the first kernel call); :mod:`mimir.preprocessing.accel`
+decides when the pipeline uses the kernels (by default from the second
+image of a process on).
 
 ``MIMIR_NUMBA=0`` in the environment, or numba not installed, selects the
 plain NumPy code everywhere (:func:`enabled` is then False).

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mimir.preprocessing import accel
 from mimir.preprocessing.imageops import (
     minmax_to_u8,
     otsu_threshold,
@@ -110,18 +111,19 @@ def fat_fraction_channel(fat: np.ndarray, signal: np.ndarray, mask: np.ndarray) 
 
 def make_image(water: np.ndarray, fat: np.ndarray) -> np.ndarray:
     """The (3, 256, 256) uint8 image: water projection, fat projection, fat-fraction slices."""
-    fast = _make_image_compiled(water, fat)
-    if fast is not None:
-        return fast
-    body = body_mask(water, fat)
-    keep = slice(0, water.shape[1] - BED_ROWS)
-    return np.stack(
-        [
-            projection_channel(water[:, keep, :]),
-            projection_channel(fat[:, keep, :]),
-            fat_fraction_channel(fat[:, keep, :], body.signal[:, keep, :], body.mask[:, keep, :]),
-        ]
-    )
+    image = _make_image_compiled(water, fat)
+    if image is None:
+        body = body_mask(water, fat)
+        keep = slice(0, water.shape[1] - BED_ROWS)
+        image = np.stack(
+            [
+                projection_channel(water[:, keep, :]),
+                projection_channel(fat[:, keep, :]),
+                fat_fraction_channel(fat[:, keep, :], body.signal[:, keep, :], body.mask[:, keep, :]),
+            ]
+        )
+    accel.image_made()
+    return image
 
 
 def otsu_thresholds_from_histograms(hist: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
@@ -158,9 +160,8 @@ def _make_image_compiled(water: np.ndarray, fat: np.ndarray) -> np.ndarray | Non
     the head-foot axis innermost (other layouts make NumPy sum in another
     order), or a signal value is not finite.
     """
-    from mimir.preprocessing import kernels
-
-    if not kernels.enabled():
+    kernels = accel.compiled()
+    if kernels is None:
         return None
     if water.dtype != np.float64 or fat.dtype != np.float64 or water.ndim != 3 or water.shape != fat.shape:
         return None
