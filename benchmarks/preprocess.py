@@ -13,7 +13,8 @@ water/fat slices beside it (the floor that the rest is measured against):
 
 The machine may be shared: CPU times and minima are the figures to compare;
 wall times are printed beside them. ``MIMIR_NUMBA=0`` in the environment
-measures the plain NumPy path (the "before").
+measures the plain NumPy path, ``MIMIR_NUMBA=1`` the compiled kernels from
+a process's first image on (see ``mimir.preprocessing.accel``).
 
     python benchmarks/preprocess.py --n 3 --dir /tmp/bench-subjects
     python benchmarks/preprocess.py --n 3 --stages
@@ -155,7 +156,9 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     paths = subjects(workdir, args.n, args.seed)
     ctx = mp.get_context("spawn")
-    path_mode = "NumPy only (MIMIR_NUMBA=0)" if os.environ.get("MIMIR_NUMBA") == "0" else "compiled kernels"
+    path_mode = {"0": "NumPy only (MIMIR_NUMBA=0)", "1": "compiled kernels from the first image (MIMIR_NUMBA=1)"}.get(
+        os.environ.get("MIMIR_NUMBA", ""), "MIMIR_NUMBA=auto (a process's first image in NumPy, then compiled kernels)"
+    )
     print(f"preprocessing, {path_mode}; one core of {os.cpu_count()}; {platform.machine()}; "
           f"python {sys.version.split()[0]}; {time.strftime('%Y-%m-%d')}")
 
