@@ -9,6 +9,7 @@ from mimir.cli import (  # noqa: F401  (registers commands)
     explain_cmd,
     fetch_cmd,
     predict_cmd,
+    report_cmd,
     preprocess_cmd,
     synth_cmd,
     targets_cmd,

@@ -73,6 +73,9 @@ def batch_cmd(
     threads: Optional[int] = typer.Option(  # noqa: UP007
         None, "--threads", min=1, help="torch CPU threads per inference process (default: torch's choice)."
     ),
+    report: bool = typer.Option(
+        False, "--report", help="Also write OUT_DIR/report.html (mimir report; needs pip install 'mimir[report]')."
+    ),
 ) -> None:
     """Predict a whole release: parallel preprocessing, batched inference, resumable.
 
@@ -86,6 +89,10 @@ def batch_cmd(
     from mimir.batch.progress import LogMonitor, Monitor, RichMonitor
     from mimir.batch.runner import BatchOptions, execute
 
+    if report:
+        from mimir.outputs.figures import require_matplotlib
+
+        require_matplotlib("batch --report")  # fail before the run, not after it
     opts = BatchOptions(
         input=input, out_dir=str(out_dir), modules=module or None, device=device, gpus=_parse_gpus(gpu),
         precision=precision, workers=workers, batch_size=batch_size, level=ci, retry_failed=retry_failed,
@@ -111,6 +118,11 @@ def batch_cmd(
         report_warning(f"{result.unfinished} subject(s) are unfinished; run the same command again to do them")
     if result.failed:
         err_console.print(f"{result.failed} subject(s) failed: see {out_dir / 'errors.csv'}", highlight=False)
+    if report:
+        from mimir.batch.report import build_report
+
+        written = build_report(out_dir)
+        console.print(f"report: {written.path} ({written.size_bytes / 1e6:.2f} MB)", highlight=False)
     raise typer.Exit(result.exit_code)
 
 

@@ -85,7 +85,7 @@ def write_saliency_figure(path: str | os.PathLike[str], *args: Any, **kwargs: An
     atomic.write_bytes(path, saliency_figure(*args, **kwargs))
 
 
-def histogram_svg(
+def histogram_png(
     values: np.ndarray,
     *,
     xlabel: str,
@@ -93,14 +93,12 @@ def histogram_svg(
     bins: int = 40,
     note: str = "",
     color: str = "#3b6ea8",
-) -> str:
-    """A small histogram as an inline SVG string (no external references, fonts as paths)."""
+) -> bytes:
+    """A small histogram (about 380 x 210 pixels) of the finite ``values`` as PNG bytes."""
     plt = require_matplotlib("report")
-    import matplotlib
-
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
-    fig, ax = plt.subplots(figsize=(4.2, 2.4), dpi=72)
+    fig, ax = plt.subplots(figsize=(4.2, 2.3), dpi=90)
     try:
         if v.size:
             counts, edges = np.histogram(v, bins=bins)
@@ -109,35 +107,30 @@ def histogram_svg(
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("subjects", fontsize=8)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(f"{title} (n={v.size})", fontsize=9)
         ax.tick_params(labelsize=7)
         if note:
             ax.text(0.98, 0.95, note, ha="right", va="top", fontsize=7, transform=ax.transAxes, color="0.25")
         fig.tight_layout()
-        buf = io.StringIO()
-        with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "mimir"}):
-            fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+        return _png_bytes(fig, 90)
     finally:
         plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
 
 
-def thumbnail_png(image: np.ndarray, width: int = 384) -> bytes:
-    """A small greyscale PNG of the three channels side by side (Pillow), ``width`` pixels wide."""
+def labelled_jpeg(image: np.ndarray, name: str, flags: Sequence[str], width: int | None = None,
+                  quality: int = 80) -> bytes:
+    """The labelled preview (:func:`mimir.outputs.preview.labelled_preview`) as greyscale JPEG bytes.
+
+    ``width`` (pixels) scales it down (None: full size, 776 pixels for a
+    256-pixel image). JPEG keeps the noisy fat-fraction background small.
+    """
     from PIL import Image
 
-    from mimir.outputs.preview import preview
+    from mimir.outputs.preview import labelled_preview
 
-    panels = Image.fromarray(preview(image, gap=2))
-    h = max(1, round(panels.height * width / panels.width))
+    img = Image.fromarray(labelled_preview(image, name, flags))
+    if width is not None and width < img.width:
+        img = img.resize((width, max(1, round(img.height * width / img.width))), Image.LANCZOS)
     buf = io.BytesIO()
-    panels.resize((width, h), Image.BILINEAR).save(buf, format="PNG", optimize=True)
+    img.save(buf, format="JPEG", quality=quality, optimize=True)
     return buf.getvalue()
-
-
-def labelled_png(image: np.ndarray, name: str, flags: Sequence[str]) -> bytes:
-    """The labelled preview (:func:`mimir.outputs.preview.labelled_preview`) as PNG bytes."""
-    from mimir.outputs.preview import encode_png, labelled_preview
-
-    return encode_png(labelled_preview(image, name, flags))
