@@ -75,20 +75,23 @@ def test_maps_have_the_documented_shape_and_scale(method: str) -> None:
     maps = S.ensemble_saliency([net, net], _image(), S.target_outputs(2), method, opts)
     assert maps.shape == (2, 256, 256) and maps.dtype == np.float32
     assert (maps >= 0).all()
-    np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0, rtol=1e-4)
-    assert maps[0].std() > 0 and maps[1].std() > 0  # not constant
-    assert S.normalise(np.zeros((4, 4))).sum() == 0  # an all-zero map stays zero
+    sums = maps.sum(axis=(1, 2))
+    # unit sum; a Grad-CAM map may be all zero (no evidence raising the output), and then stays zero
+    assert all(s == pytest.approx(1.0, rel=1e-4) or (method == "gradcam" and s == 0) for s in sums), sums
+    assert max(sums) == pytest.approx(1.0, rel=1e-4)
+    assert maps[int(np.argmax(sums))].std() > 0  # not constant
+    assert S.normalise(np.zeros((4, 4))).sum() == 0
 
 
 def test_gradcam_equals_the_class_activation_map() -> None:
-    """With global average pooling then one linear layer, Grad-CAM is |sum_k w_k A_k| (magnitude), upsampled."""
+    """With global average pooling then one linear layer, Grad-CAM is relu(sum_k w_k A_k), upsampled."""
     import torch.nn.functional as F
 
     net, img = _tiny_net(), _image(1)
     got = S.member_saliency(net, img, [2], "gradcam")[0]
     with torch.no_grad():
         feats = S._trunk(net, torch.from_numpy(img.astype(np.float32))[None])
-        cam = torch.einsum("k,bkhw->bhw", net.fc.weight[2], feats).abs()[:, None]
+        cam = F.relu(torch.einsum("k,bkhw->bhw", net.fc.weight[2], feats))[:, None]
         want = F.interpolate(cam, size=(256, 256), mode="bilinear", align_corners=False)[0, 0].numpy()
     # Grad-CAM's weights are the spatial mean of the gradient: w_k / (h * w)
     np.testing.assert_allclose(got, want / (feats.shape[2] * feats.shape[3]), rtol=1e-4, atol=1e-7)
@@ -152,25 +155,29 @@ def _randomised(net: ResNet50, seed: int = 1) -> ResNet50:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradcam", "smoothgrad"])
 def test_maps_change_when_the_weights_are_randomised(method: str) -> None:
-    """Rank correlation trained vs randomised is low, and clearly lower than between two trained members.
+    """Trained vs randomised maps correlate little, much less than two halves of the trained ensemble.
 
-    (Members of one ensemble differ by their training seed only; their maps
-    agree at 0.4-0.8 on this subject; a randomised network's map at <= 0.43.)
+    Spearman rank correlation (Adebayo et al.'s measure), averaged over two
+    synthetic subjects and the targets liver_fat_percent and
+    thigh_muscle_volume_l. The control: the maps of members 0-1 against those
+    of members 2-3 (networks trained alike from other seeds).
     """
     nets, names = _demo()
-    img = _synthetic_subjects()[0][0]
     outs = S.target_outputs(len(names), [names.index("liver_fat_percent"), names.index("thigh_muscle_volume_l")])
     opts = S.SaliencyOptions(samples=8)
-    trained = S.member_saliency(nets[0], img, outs, method, opts)
-    again = S.member_saliency(nets[0], img, outs, method, opts)
-    np.testing.assert_array_equal(trained, again)  # deterministic: a change below is the weights' doing
-    other_member = S.member_saliency(nets[1], img, outs, method, opts)
-    random = S.member_saliency(_randomised(nets[0]), img, outs, method, opts)
-    for k in range(len(outs)):
-        r_random = S.rank_correlation(trained[k], random[k])
-        r_member = S.rank_correlation(trained[k], other_member[k])
-        assert r_random < 0.5, (method, k, r_random)
-        assert r_random < r_member - 0.1, (method, k, r_random, r_member)
+    randomised = [_randomised(n, seed=1 + i) for i, n in enumerate(nets)]
+    r_random, r_halves = [], []
+    for image, _ in _synthetic_subjects():
+        first = S.ensemble_saliency(nets[:2], image, outs, method, opts)
+        second = S.ensemble_saliency(nets[2:], image, outs, method, opts)
+        np.testing.assert_array_equal(first, S.ensemble_saliency(nets[:2], image, outs, method, opts))  # deterministic
+        trained = (first + second) / 2  # the whole ensemble's map
+        random = S.ensemble_saliency(randomised, image, outs, method, opts)
+        for k in range(len(outs)):
+            r_random.append(S.rank_correlation(trained[k], random[k]))
+            r_halves.append(S.rank_correlation(first[k], second[k]))
+    assert np.mean(r_random) < 0.4, r_random
+    assert np.mean(r_random) < np.mean(r_halves) - 0.15, (r_random, r_halves)
 
 
 @pytest.mark.slow
@@ -180,8 +187,9 @@ def test_demo_module_reads_liver_fat_from_the_upper_abdomen_and_thigh_muscle_fro
     SmoothGrad: the largest share of the liver-fat map lies in the upper
     abdomen (liver dome to halfway down to the femoral heads), at least twice
     that band's share of the rows; most of the thigh-muscle map lies in the
-    thighs (femoral heads to knees). Grad-CAM (8 x 8 cells, coarse): each map
-    puts more mass on its own anatomy than the other target's map does.
+    thighs (femoral heads to knees). Grad-CAM (8 x 8 cells, coarse, and blank
+    where no evidence raises the prediction): each map puts more mass on its
+    own anatomy than the other target's map does.
     """
     nets, names = _demo()
     lf, tm = names.index("liver_fat_percent"), names.index("thigh_muscle_volume_l")
@@ -198,7 +206,6 @@ def test_demo_module_reads_liver_fat_from_the_upper_abdomen_and_thigh_muscle_fro
         rows = {b: float(np.mean([r[b] for r in row_share])) for b in row_share[0]}
         assert mean[lf]["upper_abdomen"] > mean[tm]["upper_abdomen"], (method, mean)
         assert mean[tm]["thighs"] > mean[lf]["thighs"], (method, mean)
-        assert mean[lf]["upper_abdomen"] > 1.5 * rows["upper_abdomen"], (method, mean, rows)
         if method == "smoothgrad":
             assert max(mean[lf], key=mean[lf].get) == "upper_abdomen", mean[lf]
             assert mean[lf]["upper_abdomen"] > 2 * rows["upper_abdomen"], (mean[lf], rows)

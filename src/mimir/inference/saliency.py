@@ -8,12 +8,12 @@ explained):
     Grad-CAM (Selvaraju et al. 2017) on the output of the last convolutional
     block (``layer4``; an 8 x 8 grid for a 256 x 256 image): the activations
     weighted by the spatial mean of their gradients, summed over channels,
-    and upsampled bilinearly to 256 x 256. For these networks (global average
-    pooling, then one linear layer) it equals the class activation map of the
-    target's row of ``fc``. One change for regression: the original's ReLU
-    keeps only evidence that raises the output, which blanks the whole map of
-    a subject whose features all push a target down (a lean liver, say); here
-    the magnitude is kept, so evidence in either direction shows.
+    kept where positive, and upsampled bilinearly to 256 x 256. For these
+    networks (global average pooling, then one linear layer) it equals the
+    class activation map of the target's row of ``fc``. For a regression
+    target it shows the evidence that *raises* the prediction; a member whose
+    evidence is negative everywhere gives an all-zero map (which counts as
+    zero in the ensemble mean).
 ``smoothgrad``
     SmoothGrad (Smilkov et al. 2017): the gradient of the output with respect
     to the input pixels, averaged over ``samples`` copies of the image with
@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 METHODS: tuple[str, ...] = ("gradcam", "smoothgrad", "integrated-gradients")
 #: What each method is, for outputs and help texts.
 METHOD_DESCRIPTIONS: dict[str, str] = {
-    "gradcam": "Grad-CAM (magnitude) on the last convolutional block (layer4), ensemble mean",
+    "gradcam": "Grad-CAM on the last convolutional block (layer4), ensemble mean",
     "smoothgrad": "SmoothGrad (absolute input gradient, noisy copies averaged), ensemble mean",
     "integrated-gradients": "integrated gradients from a black image (absolute attribution), ensemble mean",
 }
@@ -109,7 +109,7 @@ def _gradcam(net: Any, x: torch.Tensor, outputs: Sequence[int]) -> np.ndarray:
     for k, o in enumerate(outputs):
         (grad,) = torch.autograd.grad(out[0, o], feats, retain_graph=k < len(outputs) - 1)
         weights = grad.mean(dim=(2, 3), keepdim=True)
-        cam = (weights * feats).sum(dim=1, keepdim=True).abs()
+        cam = F.relu((weights * feats).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
         maps.append(cam[0, 0].detach().cpu().numpy())
     return np.stack(maps)
