@@ -256,3 +256,27 @@ def test_report_cli(tmp_path: Path) -> None:
     assert "37 predicted, 3 failed" in res.output and (tmp_path / "r.html").is_file()
     res = runner.invoke(app, ["report", str(tmp_path / "nothing")])
     assert res.exit_code == 1 and "is not a folder" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_batch_report_end_to_end(tmp_path: Path) -> None:
+    """mimir batch --report on synthetic zips (one broken): the report matches the outputs written."""
+    from mimir.cli import app
+    from mimir.synth import generate_subject
+
+    for seed in (1, 2, 3):
+        generate_subject(tmp_path / "in", seed, small=True)
+    generate_subject(tmp_path / "in", 4, variant="truncated", small=True)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["batch", str(tmp_path / "in"), "-o", str(out), "-m", "phantom-demo", "--workers", "1",
+                              "--device", "cpu", "--report"])
+    assert res.exit_code == 2, res.output  # one subject failed
+    page = Page((out / "report.html").read_text(encoding="utf-8"))
+    assert not page.problems
+    run = json.loads((out / "run.json").read_text())
+    assert page.ids["count-predicted"] == str(run["counts"]["predicted"]) == "3"
+    assert page.ids["count-failed"] == str(run["counts"]["failed"]) == "1"
+    assert "truncated" in page.ids["failed"]
+    # the sampled subjects' previews come from the images the batch decoded
+    previews = [a for t, a in page.tags if t == "img" and "preview" in (a.get("class") or "")]
+    assert len(previews) == 3

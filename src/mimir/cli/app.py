@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mimir import __version__
 from mimir.errors import EXIT_ERROR, MimirError
@@ -32,12 +33,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def report_error(message: str) -> None:
     """Print one error line to stderr."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def report_warning(message: str) -> None:
     """Print one warning line to stderr."""
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def handle_errors(func: F) -> F:
