@@ -30,8 +30,27 @@ QC_CODES = ("fat_water_swap:station=3", "slices_dropped:station=2,n=1", "out_of_
             "no_overlap:stations=4-5")
 
 
-def make_folder(folder: Path, n: int, flagged: float, failed: float, qc: bool, seed: int = 0) -> dict[str, int]:
-    """A batch output folder with n subjects; returns the counts written."""
+def _images(k: int, work: Path) -> list[Path]:
+    """k .npy images of synthetic subjects (small ones, preprocessed; a few seconds each)."""
+    from mimir.preprocessing.pipeline import preprocess
+    from mimir.synth import generate_subject
+
+    out = []
+    for i in range(k):
+        subject = generate_subject(work, 700_000 + i, small=True)
+        path = work / f"{subject.zip_path.stem}.npy"
+        np.save(path, preprocess(subject.zip_path, cache=False))
+        out.append(path)
+    return out
+
+
+def make_folder(folder: Path, n: int, flagged: float, failed: float, qc: bool, seed: int = 0,
+                images: list[Path] | None = None) -> dict[str, int]:
+    """A batch output folder with n subjects; returns the counts written.
+
+    With ``images``, the inputs of subjects are those .npy files in turn
+    (so every subject has a preview); without, they do not exist.
+    """
     rng = np.random.default_rng(seed)
     spec = get_module("phantom-demo")
     n_failed = int(round(n * failed))
@@ -75,7 +94,10 @@ def make_folder(folder: Path, n: int, flagged: float, failed: float, qc: bool, s
     with open(folder / "subjects.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(("name", "path"))
-        w.writerows((nm, f"/data/{nm}.zip") for nm in names)
+        if images:
+            w.writerows((nm, str(images[i % len(images)])) for i, nm in enumerate(names))
+        else:
+            w.writerows((nm, f"/data/{nm}.zip") for nm in names)
     run = {
         "format": "mimir-batch-run/1", "status": "complete", "versions": {"mimir": "0.1.0"},
         "pipeline_version": "mimir-v1", "input": "/data", "engine": "local", "devices": ["cpu"],
@@ -96,12 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--failed", type=float, default=0.01, help="share of subjects in errors.csv")
     ap.add_argument("--no-qc", action="store_true", help="no QC columns (a run before QC existed)")
     ap.add_argument("--keep", help="write the folder here and keep it")
+    ap.add_argument("--images", type=int, default=0,
+                    help="give the subjects .npy inputs made from this many synthetic subjects (previews embedded)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.keep or tmp)
         folder.mkdir(parents=True, exist_ok=True)
+        images = None
+        if args.images:
+            (folder / "inputs").mkdir(exist_ok=True)
+            images = _images(args.images, folder / "inputs")
         t0 = time.perf_counter()
-        counts = make_folder(folder, args.subjects, args.flagged, args.failed, not args.no_qc)
+        counts = make_folder(folder, args.subjects, args.flagged, args.failed, not args.no_qc, images=images)
         made = time.perf_counter() - t0
         c0, w0 = time.process_time(), time.perf_counter()
         result = build_report(folder)

@@ -4,10 +4,11 @@ Synthetic subjects (``mimir synth``, full size) have known landmarks (chin,
 liver dome, top of the femoral heads, knee; ``landmarks_z_mm`` in the truth).
 For each method this script computes the per-subject saliency maps of every
 target of ``phantom-demo``, normalises each to unit sum, averages them over
-the subjects (the aggregated map of ``mimir explain --aggregate``), and prints
-the share of the aggregated map's mass in each band, next to the band's share
-of the image rows (the mass a uniform map would have there). A map that reads
-a target from the right anatomy puts much more than the row share there.
+the subjects, and prints the mean over subjects of the share of each map's
+mass in each band (the bands move a little from subject to subject), next to
+the band's share of the image rows (the mass a uniform map would have there).
+A map that reads a target from the right anatomy puts much more than the row
+share there.
 
     PYTHONPATH=src python benchmarks/saliency.py [--subjects 8] [--methods gradcam,smoothgrad]
 """
@@ -51,7 +52,7 @@ def subjects(n: int, first_seed: int, small: bool) -> list[tuple[np.ndarray, dic
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=1000, help="first synth seed (the module was trained on 0-1999)")
+    ap.add_argument("--seed", type=int, default=1000, help="first synth seed (the module was trained on seeds 10000-11999)")
     ap.add_argument("--methods", default=",".join(S.METHODS))
     ap.add_argument("--small", action="store_true", help="reduced-size synthetic subjects")
     args = ap.parse_args(argv)
@@ -66,21 +67,18 @@ def main(argv: list[str] | None = None) -> int:
                  for b in S.BANDS}
     print(f"phantom-demo {spec.version}, {args.subjects} synthetic subjects (seeds {args.seed}-"
           f"{args.seed + args.subjects - 1}, {'small' if args.small else 'full size'}); "
-          "share of the aggregated map's mass per band (uniform map = row share)")
+          "mean share of each map's mass per band (a uniform map: the row share)")
     print(f"{'row share':34s}" + "".join(f"{b:>22s}" for b in S.BANDS))
     print(f"{'':34s}" + "".join(f"{row_share[b]:22.2f}" for b in S.BANDS))
     for method in args.methods.split(","):
         t0 = time.process_time()
-        agg = np.zeros((len(names), S.SIZE, S.SIZE))
         per_subject = []
         for image, bands in data:
             maps = S.ensemble_saliency(nets, image, S.target_outputs(len(names)), method)
-            agg += np.stack([S.normalise(m) for m in maps])
             per_subject.append([S.band_masses(m, bands) for m in maps])
         cpu = time.process_time() - t0
         print(f"\n{method} ({cpu / len(data):.2f} s CPU per subject, all {len(names)} targets, {len(nets)} members)")
         for i, name in enumerate(names):
-            # bands differ slightly per subject: average the per-subject band masses
             masses = {b: float(np.mean([ps[i][b] for ps in per_subject])) for b in S.BANDS}
             print(f"  {name:32s}" + "".join(f"{masses[b]:22.2f}" for b in S.BANDS))
     return 0

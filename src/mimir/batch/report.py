@@ -14,14 +14,18 @@ recorded" when absent. The page holds:
   over *all* predicted subjects, the module's published/validation accuracy
   beside them, and a table of summary statistics;
 - the QC-flagged subjects (with their flags) and the failed subjects (with
-  their errors), each linked to a detail panel with its preview thumbnail and
-  predictions; and a random sample of the other subjects, likewise.
+  their errors), each linked to a detail panel with its preview (flagged
+  ones) or error (failed ones) and predictions; and a random sample of the
+  other subjects, likewise.
 
 Everything is embedded (PNG images as ``data:`` URIs, CSS inline, no
 JavaScript, no external URL); a subject's panel opens by following its link
 (CSS ``:target``). Size stays bounded for a whole release: thumbnails only for
-at most ``thumbnails`` subjects (flagged first, then failed ones that have an
-image, then the sample), at most ``max_listed`` rows per table.
+at most ``thumbnails`` subjects (flagged first, then the sample; a failed
+subject has no image), made within ``thumbnail_budget_s`` seconds, and at
+most ``max_listed`` rows per table. Previews are decoded from the inputs
+(``subjects.csv``) through the image cache, so the subjects the batch just
+decoded cost a hash and a read each.
 """
 
 from __future__ import annotations
@@ -367,6 +371,9 @@ def build_report(
     for s in subjects:
         if made >= thumbnails or time.perf_counter() > deadline:
             break
+        if s.kind == "failed":  # its input could not be made into an image: nothing to show, nothing to retry
+            s.note = "no preview: the input could not be turned into an image"
+            continue
         path = paths.get(s.name)
         if not path:
             s.note = "no input path recorded (subjects.csv)"

@@ -115,7 +115,8 @@ def explain_cmd(
             png = saliency_figure(
                 image, it.saliency,
                 title=f"{stem}  -  {it.module} {it.target}: {it.mean:.4g} {it.unit} (sd {it.sd:.2g})",
-                subtitle=f"saliency: {explainer.description}",
+                subtitle=f"saliency: {explainer.description}"
+                + ("" if float(it.saliency.sum()) > 0 else "; the map is zero (no evidence raising the prediction)"),
             )
             atomic.write_bytes(base.with_name(base.name + ".png"), png)
             written.append({"input": path, "subject": stem, "module": it.module, "target": it.target,
