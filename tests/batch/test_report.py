@@ -20,7 +20,6 @@ pytest.importorskip("matplotlib", reason="the report extra (pip install 'mimir[r
 
 runner = CliRunner()
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
-TARGETS = (("weight_kg", "kg", 76.0, 15.0), ("liver_fat_percent", "percent", 5.0, 4.0))
 HOSTILE = "<script>alert('x')</script> & \"quotes\""
 
 
@@ -78,38 +77,41 @@ def _image(seed: int) -> np.ndarray:
     return rng.integers(0, 255, (3, 256, 256), dtype=np.uint8)
 
 
-def make_batch_folder(folder: Path, n: int = 40, *, qc: bool = True, failed: int = 3, images: int = 4) -> dict:
-    """A folder shaped like mimir batch's output (phantom-demo module), with .npy inputs for a few subjects."""
+def make_batch_folder(folder: Path, n: int = 40, *, qc: bool = True, failed: int = 3, images: int = 4,
+                      layout: str = "wide") -> dict:
+    """A folder shaped like mimir batch's output (phantom-demo module; CSV and JSON by mimir's own writers).
+
+    With ``qc``, subjects carry QC verdicts and flags (subject 1 "fail",
+    every fifth "warn") and OOD scores; without, those stay empty (as when
+    QC was not computed). ``images`` flagged subjects get .npy inputs.
+    """
+    from mimir.inference.predictions import SubjectResult, TargetPrediction, layout_for
     from mimir.models.registry import get_module
+    from mimir.outputs.writers import csv_text, json_text, long_csv_text
 
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     spec = get_module("phantom-demo")
+    targets = layout_for([(spec.name, spec.version, [(t.name, t.unit, t.field) for t in spec.targets],
+                           spec.intended_use)])
     names = [f"{1000000 + i}_20201_2_0" for i in range(n)]
     ok, bad = names[: n - failed], names[n - failed:]
-    header = ["name", "eid", "instance"] + (["qc_status", "qc_flags"] if qc else [])
-    for t, u, _, _ in TARGETS:
-        header += [f"{t}_{k}_in_{u}" for k in ("mean", "variance", "ci_low", "ci_high")]
-    header += ["phantom-demo_ood_score"] if qc else []
-    rows = []
+    results = []
     for i, name in enumerate(ok):
-        row = {"name": name, "eid": str(1000000 + i), "instance": "2"}
+        r = SubjectResult.for_input(f"/in/{name}.zip")
+        for t in targets:
+            mean = np.nan if (i == 2 and t.name == "weight_kg") else rng.normal(50, 10)
+            r.predictions.append(TargetPrediction(t, float(mean), float(rng.uniform(0.1, 1.0)) ** 2))
         if qc:
-            status = "fail" if i == 1 else ("warn" if i % 5 == 0 else "ok")
-            flags = {"fail": "fat_water_swap:station=3", "warn": "slices_dropped:station=2,n=1;out_of_distribution:phantom-demo"}
-            row |= {"qc_status": status, "qc_flags": flags.get(status, "")}
-            row["phantom-demo_ood_score"] = repr(float(rng.gamma(2.0)))
-        for t, u, mu, sd in TARGETS:
-            m, s = rng.normal(mu, sd), rng.uniform(0.1, 1.0)
-            row |= {f"{t}_mean_in_{u}": repr(m), f"{t}_variance_in_{u}": repr(s * s),
-                    f"{t}_ci_low_in_{u}": repr(m - 1.96 * s), f"{t}_ci_high_in_{u}": repr(m + 1.96 * s)}
-        if i == 2:  # a missing value must not break the statistics
-            row[f"{TARGETS[0][0]}_mean_in_{TARGETS[0][1]}"] = ""
-        rows.append(row)
-    with open(folder / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=header, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
+            r.qc_status = "fail" if i == 1 else ("warn" if i % 5 == 0 else "ok")
+            r.qc_flags = {"fail": ["fat_water_swap:station=3"],
+                          "warn": ["slices_dropped:station=2,n=1", "out_of_distribution:phantom-demo"]}.get(
+                              r.qc_status, [])
+            r.ood_scores = {spec.name: float(rng.gamma(2.0))}
+        results.append(r)
+    text = csv_text(results, targets) if layout == "wide" else long_csv_text(results)
+    (folder / "predictions.csv").write_text(text, encoding="utf-8")
+    (folder / "predictions.json").write_text(json_text(results), encoding="utf-8")
     errors = [(b, f"/in/{b}.zip", "preprocess", f"/in/{b}.zip: broken {HOSTILE}") for b in bad]
     errors += [(b, f"/in/{b}.zip", "input", "a second error for the same subject") for b in bad[:1]]
     with open(folder / "errors.csv", "w", newline="", encoding="utf-8") as fh:
@@ -118,8 +120,8 @@ def make_batch_folder(folder: Path, n: int = 40, *, qc: bool = True, failed: int
         w.writerows(errors)
     img_dir = folder.parent / f"{folder.name}-inputs"
     img_dir.mkdir(exist_ok=True)
+    flagged = [r.name for r in results if r.qc_status in ("warn", "fail")]
     paths = {}
-    flagged = [r["name"] for r in rows if qc and r["qc_status"] != "ok"]
     for k, name in enumerate(names):
         if name in flagged[:images]:
             np.save(img_dir / f"{name}.npy", _image(k))
@@ -133,12 +135,13 @@ def make_batch_folder(folder: Path, n: int = 40, *, qc: bool = True, failed: int
     run = {"format": "mimir-batch-run/1", "status": "complete", "versions": {"mimir": "0.1.0", "torch": "2.x"},
            "pipeline_version": "mimir-v1", "input": "/in", "engine": "local", "devices": ["cpu (fp32)"],
            "precision": "auto", "level": 0.95, "modules": [spec.identity()], "key_digest": "ab" * 32,
+           "csv_layout": layout,
            "counts": {"inputs": n, "subjects": n, "refused": 0, "processed": n, "predicted": len(ok),
                       "failed": failed, "unfinished": 0},
            "started_at": "2026-01-01T00:00:00+0000", "finished_at": "2026-01-01T00:01:01+0000",
            "wall_s": 61.25, "throughput_subjects_per_s": 0.65}
     (folder / "run.json").write_text(json.dumps(run), encoding="utf-8")
-    return {"rows": rows, "errors": errors, "run": run, "flagged": flagged, "spec": spec}
+    return {"results": results, "errors": errors, "run": run, "flagged": flagged, "spec": spec}
 
 
 def _report(tmp_path: Path, **kw) -> tuple[dict, Page, str]:
@@ -154,7 +157,7 @@ def test_report_is_well_formed_and_self_contained(tmp_path: Path) -> None:
     assert not page.problems, page.problems[:5]
     assert text.startswith("<!DOCTYPE html>")
     imgs = page.attrs("img", "src")
-    assert len(imgs) >= 2 * len(TARGETS) + 4  # two histograms per target, and thumbnails
+    assert len(imgs) >= 2 * 6 + 4  # two histograms per target, and thumbnails
     assert all(re.match(r"data:image/(png|jpeg);base64,[A-Za-z0-9+/=]+$", s) for s in imgs)
     hrefs = page.attrs("a", "href")
     assert hrefs and all(h.startswith("#") for h in hrefs)
@@ -168,48 +171,55 @@ def test_report_is_well_formed_and_self_contained(tmp_path: Path) -> None:
     assert HOSTILE not in text and "&lt;script&gt;alert" in text
 
 
-def test_report_counts_equal_the_batch_outputs(tmp_path: Path) -> None:
-    info, page, _ = _report(tmp_path)
+@pytest.mark.parametrize("layout", ["wide", "long"])
+def test_report_counts_equal_the_batch_outputs(tmp_path: Path, layout: str) -> None:
+    info = make_batch_folder(tmp_path / "out", layout=layout)
+    page = Page(build_report(tmp_path / "out").path.read_text(encoding="utf-8"))
+    subjects = json.loads((tmp_path / "out" / "predictions.json").read_text())
     with open(tmp_path / "out" / "predictions.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
+    assert len({r["name"] for r in rows}) == len(subjects)
     with open(tmp_path / "out" / "errors.csv", newline="", encoding="utf-8") as fh:
         failed = {r["name"] for r in csv.DictReader(fh)}
     run = json.loads((tmp_path / "out" / "run.json").read_text())
-    flagged = [r for r in rows if r["qc_status"] in ("warn", "fail") or r["qc_flags"]]
-    assert page.ids["count-predicted"] == str(len(rows))
+    flagged = [s for s in subjects if s["qc"]["status"] in ("warn", "fail") or s["qc"]["flags"]]
+    assert page.ids["count-predicted"] == str(len(subjects))
     assert page.ids["count-failed"] == str(len(failed)) == str(run["counts"]["failed"])
     assert page.ids["count-inputs"] == str(run["counts"]["subjects"])
-    assert page.ids["count-flagged"] == str(len(flagged))
+    assert page.ids["count-flagged"] == str(len(flagged)) != "0"
     assert page.ids["count-unfinished"] == "0"
     assert page.ids["wall-time"] == "1 min 1 s" and page.ids["run-status"] == "complete"
     # every flagged and every failed subject is listed and linked to its detail panel
-    for r in flagged:
-        assert r["name"] in page.ids["flagged"]
-        for f in r["qc_flags"].split(";"):
+    for s in flagged:
+        assert s["name"] in page.ids["flagged"]
+        for f in s["qc"]["flags"]:
             assert f in page.ids["flagged"]
     for name in failed:
         assert name in page.ids["failed"]
     details = [k for k in page.ids if k.startswith("subject-")]
     assert len(details) >= len(flagged) + len(failed)
-    # the flagged subjects with an image have their preview, labelled with their name and flags
-    fail_panel = next(v for k, v in page.ids.items() if k.startswith("subject-f") and "fat_water_swap" in v)
-    assert "fail" in fail_panel
-    # statistics: the table's numbers are those of predictions.csv
+    fail_panel = page.ids["subject-f0"]  # "fail" verdicts come first
+    assert "fail" in fail_panel and "fat_water_swap:station=3" in fail_panel
+    # statistics: the table's numbers are those of the outputs
     stats = page.ids["statistics"]
-    for t, u, _, _ in TARGETS:
-        v = np.array([float(r[f"{t}_mean_in_{u}"]) for r in rows if r[f"{t}_mean_in_{u}"]])
-        w = np.array([float(r[f"{t}_ci_high_in_{u}"]) - float(r[f"{t}_ci_low_in_{u}"]) for r in rows])
-        want = f"{t} {u} {v.size} {v.mean():.4g} {v.std(ddof=1):.4g} {v.min():.4g}"
+    for key in subjects[0]["targets"]:
+        t0 = subjects[0]["targets"][key]
+        v = np.array([s["targets"][key]["value"] for s in subjects if s["targets"][key]["value"] is not None])
+        w = np.array([s["targets"][key]["ci_high"] - s["targets"][key]["ci_low"] for s in subjects
+                      if s["targets"][key]["ci_high"] is not None])
+        want = f"{key} {t0['unit']} {v.size} {v.mean():.4g} {v.std(ddof=1):.4g} {v.min():.4g}"
         assert want in stats, (want, stats)
         assert f"{np.median(v):.4g}" in stats and f"{np.median(w):.4g}" in stats
+    assert "weight_kg kg 36 " in stats  # one subject without a finite weight
     # the module's identity and intended use, and the published accuracy beside the histograms
     spec = info["spec"]
     assert spec.digest in page.ids["modules"] and spec.intended_use in page.ids["modules"]
     assert "validation (holdout 0.2): n=400" in page.ids["targets"]
+    assert "synthetic drawings" in page.ids["synthetic-warning"]
 
 
 def test_report_without_qc_columns_says_qc_was_not_recorded(tmp_path: Path) -> None:
-    _, page, _ = _report(tmp_path, qc=False, failed=0)
+    _, page, _ = _report(tmp_path, qc=False, failed=0)  # qc_status/qc_flags columns present but empty
     assert page.ids["count-flagged"] == "not recorded"
     assert "QC was not recorded" in page.ids["flagged"]
     assert "No subject failed" in page.ids["failed"]

@@ -64,7 +64,7 @@ def test_report_renders_offline_and_a_click_shows_the_preview(tmp_path: Path, br
     # rendered: the summary is visible and shows the numbers of the outputs
     summary = browser.find_element(By.ID, "summary")
     assert summary.is_displayed()
-    assert browser.find_element(By.ID, "count-predicted").text == str(len(info["rows"]))
+    assert browser.find_element(By.ID, "count-predicted").text == str(len(info["results"]))
     assert browser.find_element(By.ID, "count-flagged").text == str(len(info["flagged"]))
     # every image decoded (embedded data, nothing fetched)
     broken = browser.execute_script(

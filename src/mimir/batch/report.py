@@ -143,10 +143,43 @@ def _read_predictions(folder: Path) -> Any:
         raise ReportError(f"cannot read predictions.csv ({type(exc).__name__}: {exc})", path=str(folder)) from None
     if "name" not in df.columns:
         raise ReportError("predictions.csv has no name column", path=str(folder))
-    for col in ("name", "qc_status", "qc_flags"):
+    for col in ("name", "qc_status", "qc_flags", "module", "target", "unit"):
         if col in df.columns:
             df[col] = df[col].fillna("").astype(str)
+    if {"module", "target", "unit", "mean", "ci_low", "ci_high"} <= set(df.columns):
+        df = long_to_wide(df)
     return df
+
+
+def long_to_wide(df: Any) -> Any:
+    """A long predictions table (``--format long``: a row per subject and target) in the wide layout.
+
+    Keys follow the wide CSV's rule (docs/outputs.md): a target keeps its
+    name in the first module that predicts it, later modules' copies are
+    ``<module>.<target>``. Subjects keep their order of first appearance.
+    """
+    import pandas as pd
+
+    keys: dict[tuple[str, str], tuple[str, str]] = {}
+    used: set[str] = set()
+    for m, t, u in df[["module", "target", "unit"]].drop_duplicates().itertuples(index=False):
+        if (m, t) in keys:
+            continue
+        keys[(m, t)] = (t if t not in used else f"{m}.{t}", u)
+        used.add(t)
+    lead = [c for c in ("name", "eid", "instance", "qc_status", "qc_flags") if c in df.columns]
+    wide = df.drop_duplicates("name")[lead].set_index("name", drop=False)
+    columns: dict[str, Any] = {}
+    for (m, t), (k, u) in keys.items():
+        part = df[(df["module"] == m) & (df["target"] == t)].drop_duplicates("name").set_index("name")
+        for col in ("mean", "variance", "ci_low", "ci_high"):
+            if col in part.columns:
+                columns[f"{k}_{col}_in_{u}"] = pd.to_numeric(part[col], errors="coerce").reindex(wide.index)
+    if "ood_score" in df.columns:
+        for m in dict.fromkeys(df["module"]):
+            part = df[df["module"] == m].drop_duplicates("name").set_index("name")
+            columns[f"{m}_ood_score"] = pd.to_numeric(part["ood_score"], errors="coerce").reindex(wide.index)
+    return pd.concat([wide, pd.DataFrame(columns, index=wide.index)], axis=1).reset_index(drop=True)
 
 
 def _read_errors(folder: Path) -> list[dict[str, str]]:
@@ -293,7 +326,8 @@ def build_report(
 
     n_pred = int(len(df))
     failed_names = sorted({e.get("name", "") for e in errors})
-    has_qc = "qc_status" in columns or "qc_flags" in columns
+    # QC is "recorded" when a subject has a verdict or a flag (the columns exist, empty, when it was not computed)
+    has_qc = any(c in columns and bool((df[c].astype(str).str.strip() != "").any()) for c in ("qc_status", "qc_flags"))
     flagged_mask = np.zeros(n_pred, dtype=bool)
     if has_qc:
         status = df["qc_status"].astype(str).str.strip().str.lower() if "qc_status" in columns else None
@@ -395,13 +429,18 @@ def build_report(
 
     modules_view = []
     for m in module_ids:
-        spec = specs.get(str(m.get("name")))
+        name = str(m.get("name"))
+        spec = specs.get(name)
+        use = getattr(spec, "intended_use", "") if spec is not None else ""
+        if not use and f"{name}_intended_use" in columns and n_pred:
+            use = str(df[f"{name}_intended_use"].iloc[0])
+        note = getattr(spec, "intended_use_note", "") if spec is not None else ""
         modules_view.append({
-            "name": m.get("name"), "version": m.get("version"), "digest": m.get("digest", ""),
+            "name": name, "version": m.get("version"), "digest": m.get("digest", ""),
             "members": [str(h) for h in m.get("members", [])],
-            "intended_use": getattr(spec, "intended_use", "") or ("(module not installed here)" if spec is None else
-                                                                  "not stated"),
-            "description": getattr(spec, "description", "") if spec is not None else "",
+            "intended_use": use or "not stated", "intended_use_note": note,
+            "synthetic": use == "synthetic-demo",
+            "description": getattr(spec, "description", "") if spec is not None else "(module not installed here)",
         })
     summary = {
         "inputs": counts.get("subjects", counts.get("inputs", n_pred + len(failed_names))),
@@ -427,6 +466,7 @@ def build_report(
     )
     page = env.get_template("report.html.j2").render(
         title=f"mimir report: {folder.name}", folder=str(folder), summary=summary, modules=modules_view,
+        synthetic=[m["name"] for m in modules_view if m["synthetic"]],
         targets=target_views, has_qc=has_qc, ood_cols=ood_cols,
         flagged=[s for s in subjects if s.kind == "flagged"], n_flagged=int(flagged_mask.sum()),
         failed=[s for s in subjects if s.kind == "failed"], n_failed=len(failed_names),
