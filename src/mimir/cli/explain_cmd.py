@@ -12,7 +12,7 @@ import numpy as np
 import typer
 from rich.markup import escape
 
-from mimir.cli.app import app, console, handle_errors, report_error
+from mimir.cli.app import EXIT_CODES_HELP, app, console, handle_errors, parse_gpus, report_error
 from mimir.errors import EXIT_ERROR, EXIT_PARTIAL, MimirError, UsageError
 from mimir.inference.saliency import METHODS
 from mimir.utils import atomic
@@ -35,30 +35,42 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array, allow_pickle=False)
 
 
-@app.command("explain")
+@app.command("explain", epilog=EXIT_CODES_HELP)
 @handle_errors
 def explain_cmd(
     inputs: list[str] = typer.Argument(
-        ..., metavar="INPUT", help="Subject zips (field 20201) or .npy images; a folder means its .zip/.npy files."
+        ..., metavar="INPUT...",
+        help="Subject zips (field 20201) or .npy images; a folder means the *_20201_*_*.zip and .npy files "
+        "in it and its subfolders.",
+        show_default=False,
     ),
     module: Optional[list[str]] = typer.Option(  # noqa: UP007 (typer needs Optional)
-        None, "-m", "--module", help="Module name or folder (repeatable). Default: every installed module."
+        None, "-m", "--module", metavar="MODULE",
+        help="Module name or folder (repeatable). Default: every installed module except the synthetic demo.",
+        show_default=False,
     ),
     target: Optional[list[str]] = typer.Option(  # noqa: UP007
-        None, "-t", "--target", help="Target to explain (repeatable). Default: every target of the modules."
+        None, "-t", "--target", metavar="TARGET",
+        help="Target to explain (repeatable). Default: every target of the modules.", show_default=False,
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="Folder for the PNGs, maps (.npy) and explain.json."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", metavar="DIR", help="Folder for the PNGs, maps (.npy) and explain.json.",
+        show_default=False,
+    ),
     method: str = typer.Option(
         "gradcam", "--method", help=f"Saliency method: {', '.join(METHODS)}.", metavar="METHOD"
     ),
     aggregate: bool = typer.Option(
         False, "--aggregate", help="Also write the mean normalised map per target over all inputs."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    gpu: Optional[int] = typer.Option(None, "--gpu", help="Short for --device cuda:N."),  # noqa: UP007
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
+    gpu: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--gpu", metavar="N", help="GPU index: short for --device cuda:N.", show_default=False
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the preprocessed-image cache."),
     threads: Optional[int] = typer.Option(  # noqa: UP007
-        None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."
+        None, "--threads", min=1, metavar="N", help="CPU threads for torch (default: torch's choice).",
+        show_default=False,
     ),
 ) -> None:
     """Show where the network looks: a saliency map per subject and target.
@@ -72,7 +84,7 @@ def explain_cmd(
 
     Example: [bold]mimir explain subject.zip -m phantom-demo -t liver_fat_percent -o explain/[/]
     """
-    from mimir.cli.predict_cmd import _expand
+    from mimir.cli.predict_cmd import expand_inputs
     from mimir.inference.explain import Aggregate, Explainer
     from mimir.outputs.figures import require_matplotlib, saliency_figure
     from mimir.preprocessing.pipeline import load_input
@@ -82,16 +94,20 @@ def explain_cmd(
     require_matplotlib("explain")  # fail before any work
     if output.exists() and not output.is_dir():
         raise UsageError("exists and is not a folder", path=str(output), hint="Give a folder for -o.")
-    files = _expand(inputs)
+    files, refused = expand_inputs(inputs)
+    gpus = parse_gpus(gpu, single=True)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    explainer = Explainer(module or None, targets=target or None, method=method, device=device, gpu=gpu)
+    explainer = Explainer(module or None, targets=target or None, method=method, device=device,
+                          gpu=gpus[0] if gpus else None)
     console.print(f"method: {escape(explainer.description)}", highlight=False)
     agg = Aggregate() if aggregate else None
     written: list[dict[str, object]] = []
-    failed: list[dict[str, str]] = []
+    failed: list[dict[str, str]] = [{"input": p, "error": f"{p}: {reason}"} for p, reason in refused]
+    for item in failed:
+        report_error(item["error"])
     stems: set[str] = set()
     started = time.perf_counter()
     for path in files:
@@ -156,9 +172,9 @@ def explain_cmd(
         }
         atomic.write_text(output / "explain.json", json.dumps(summary, indent=2) + "\n")
     if not written:
-        report_error(f"none of the {len(files)} input(s) could be explained; nothing written")
+        report_error(f"none of the {len(files) + len(refused)} input(s) could be explained; nothing written")
         raise typer.Exit(EXIT_ERROR)
-    console.print(f"wrote {len(written)} map(s) for {len(files) - len(failed)} subject(s) to "
+    console.print(f"wrote {len(written)} map(s) for {len(files) + len(refused) - len(failed)} subject(s) to "
                   f"{escape(str(output))} ({method})", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(EXIT_PARTIAL)
