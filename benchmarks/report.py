@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from mimir.batch.report import build_report  # noqa: E402
+from mimir.inference.predictions import csv_header, layout_for  # noqa: E402
 from mimir.models.registry import get_module  # noqa: E402
 
 QC_CODES = ("fat_water_swap:station=3", "slices_dropped:station=2,n=1", "out_of_distribution:phantom-demo",
@@ -57,10 +58,9 @@ def make_folder(folder: Path, n: int, flagged: float, failed: float, qc: bool, s
     names = [f"{1000000 + i}_20201_2_0" for i in range(n)]
     fail_idx = set(rng.choice(n, size=n_failed, replace=False).tolist())
     ok = [i for i in range(n) if i not in fail_idx]
-    header = ["name", "eid", "instance"] + (["qc_status", "qc_flags"] if qc else [])
-    for t in spec.targets:
-        header += [f"{t.name}_{k}_in_{t.unit}" for k in ("mean", "variance", "ci_low", "ci_high")]
-    header += ["phantom-demo_ood_score"] if qc else []
+    layout = layout_for([(spec.name, spec.version, [(t.name, t.unit, t.field) for t in spec.targets],
+                          spec.intended_use)])
+    header = csv_header(layout)  # schema 2 (docs/outputs.md)
     cols = {}
     for t in spec.targets:
         mean = rng.normal(t.mean, t.sd, len(ok))
@@ -74,16 +74,16 @@ def make_folder(folder: Path, n: int, flagged: float, failed: float, qc: bool, s
         w.writerow(header)
         for j, i in enumerate(ok):
             row: list[object] = [names[i], 1000000 + i, 2]
-            if qc:
-                if is_flagged[j]:
-                    n_flagged += 1
-                    row += ["warn", ";".join(rng.choice(QC_CODES, size=rng.integers(1, 3), replace=False))]
-                else:
-                    row += ["ok", ""]
+            if not qc:
+                row += ["", ""]
+            elif is_flagged[j]:
+                n_flagged += 1
+                row += ["warn", ";".join(rng.choice(QC_CODES, size=rng.integers(1, 3), replace=False))]
+            else:
+                row += ["ok", ""]
+            row += [0.95, spec.version, spec.intended_use, repr(float(rng.gamma(2.0, 1.0))) if qc else ""]
             for t in spec.targets:
                 row += [repr(float(c[j])) for c in cols[t.name]]
-            if qc:
-                row.append(repr(float(rng.gamma(2.0, 1.0))))
             w.writerow(row)
     with open(folder / "errors.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
@@ -111,6 +111,30 @@ def make_folder(folder: Path, n: int, flagged: float, failed: float, qc: bool, s
     return {"subjects": n, "predicted": len(ok), "failed": n_failed, "flagged": n_flagged}
 
 
+def to_long(folder: Path) -> None:
+    """Rewrite folder/predictions.csv in the long layout (docs/outputs.md), as ``--format long`` writes it."""
+    import pandas as pd
+
+    from mimir.inference.predictions import LONG_HEADER
+
+    spec = get_module("phantom-demo")
+    wide = pd.read_csv(folder / "predictions.csv", dtype=str, keep_default_na=False)
+    parts = []
+    for k, t in enumerate(spec.targets):
+        c = f"{t.name}_%s_in_{t.unit}"
+        var = wide[c % "variance"].astype(float)
+        parts.append(pd.DataFrame({
+            "name": wide["name"], "eid": wide["eid"], "instance": wide["instance"], "qc_status": wide["qc_status"],
+            "qc_flags": wide["qc_flags"], "module": spec.name, "module_version": spec.version,
+            "intended_use": spec.intended_use, "ood_score": wide[f"{spec.name}_ood_score"], "target": t.name,
+            "field": "", "unit": t.unit, "mean": wide[c % "mean"], "variance": wide[c % "variance"],
+            "sd": np.sqrt(var).map(repr), "ci_low": wide[c % "ci_low"], "ci_high": wide[c % "ci_high"],
+            "level": "0.95", "_order": k,
+        }))
+    long = pd.concat(parts).sort_values(["name", "_order"], kind="stable")[LONG_HEADER]
+    long.to_csv(folder / "predictions.csv", index=False, lineterminator="\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", type=int, default=100_000)
@@ -118,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--failed", type=float, default=0.01, help="share of subjects in errors.csv")
     ap.add_argument("--no-qc", action="store_true", help="no QC columns (a run before QC existed)")
     ap.add_argument("--keep", help="write the folder here and keep it")
+    ap.add_argument("--long", action="store_true", help="predictions.csv in the long layout (--format long)")
     ap.add_argument("--images", type=int, default=0,
                     help="give the subjects .npy inputs made from this many synthetic subjects (previews embedded)")
     args = ap.parse_args(argv)
@@ -130,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             images = _images(args.images, folder / "inputs")
         t0 = time.perf_counter()
         counts = make_folder(folder, args.subjects, args.flagged, args.failed, not args.no_qc, images=images)
+        if args.long:
+            to_long(folder)
         made = time.perf_counter() - t0
         c0, w0 = time.process_time(), time.perf_counter()
         result = build_report(folder)

@@ -290,3 +290,13 @@ def test_batch_report_end_to_end(tmp_path: Path) -> None:
     # the sampled subjects' previews come from the images the batch decoded
     previews = [a for t, a in page.tags if t == "img" and "preview" in (a.get("class") or "")]
     assert len(previews) == 3
+
+
+def test_report_of_a_run_in_progress(tmp_path: Path) -> None:
+    """Only run.json yet (no predictions.csv, no errors.csv): a report with zero counts, not an error."""
+    (tmp_path / "run.json").write_text(json.dumps({"status": "running", "counts": {"subjects": 5}}), encoding="utf-8")
+    result = build_report(tmp_path)
+    page = Page(result.path.read_text(encoding="utf-8"))
+    assert not page.problems
+    assert page.ids["count-inputs"] == "5" and page.ids["count-predicted"] == "0"
+    assert page.ids["count-failed"] == "0" and page.ids["run-status"] == "running"
