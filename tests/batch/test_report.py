@@ -300,3 +300,22 @@ def test_report_of_a_run_in_progress(tmp_path: Path) -> None:
     assert not page.problems
     assert page.ids["count-inputs"] == "5" and page.ids["count-predicted"] == "0"
     assert page.ids["count-failed"] == "0" and page.ids["run-status"] == "running"
+
+
+def test_report_of_a_merged_folder(tmp_path: Path) -> None:
+    """mimir merge's run.json (modules inside the key, counts with "missing", the shards as sources)."""
+    info = make_batch_folder(tmp_path / "shard0")
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    for name in ("predictions.csv", "predictions.json", "errors.csv"):
+        (merged / name).write_bytes((tmp_path / "shard0" / name).read_bytes())
+    run = {"format": "mimir-batch-merge/1", "mimir_version": "0.1.0", "sources": [str(tmp_path / "shard0")],
+           "key": {"pipeline_version": "mimir-v1", "modules": [info["spec"].identity()], "level": 0.95},
+           "key_digest": "cd" * 32, "counts": {"subjects": 41, "predicted": 37, "failed": 3, "missing": 1}}
+    (merged / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    result = build_report(merged)
+    page = Page(result.path.read_text(encoding="utf-8"))
+    assert page.ids["count-inputs"] == "41" and page.ids["count-unfinished"] == "1"
+    assert page.ids["count-predicted"] == "37" and page.ids["run-status"] == "merged"
+    assert info["spec"].digest in page.ids["modules"]
+    assert result.thumbnails == 4  # the previews found through the shard's subjects.csv

@@ -4,7 +4,10 @@ Reads what ``mimir batch`` (or ``mimir merge``) wrote into OUT_DIR:
 ``run.json`` (required), ``predictions.csv``, ``errors.csv`` and
 ``subjects.csv``; the QC columns ``qc_status``/``qc_flags`` and the
 ``<module>_ood_score`` columns are used when present and reported as "not
-recorded" when absent. The page holds:
+recorded" when empty; ``predictions.csv`` may be in the wide or the long
+layout (docs/outputs.md). A ``mimir merge`` folder works too (its run.json
+holds the modules in the validity key, and the shards' ``subjects.csv``
+locate the inputs). The page holds:
 
 - the run summary: inputs, predicted, failed, QC-flagged, unfinished, wall
   time, versions, devices, and every module with its version, digest, member
@@ -314,9 +317,13 @@ def build_report(
     df = _read_predictions(folder)
     errors = _read_errors(folder)
     paths = _read_subject_paths(folder)
+    for source in run.get("sources") or []:  # a mimir merge folder: the shards know the inputs
+        if isinstance(source, str):
+            paths = {**_read_subject_paths(Path(source)), **paths}
     columns = list(df.columns)
     targets = target_columns(columns)
-    module_ids = [m for m in run.get("modules", []) if isinstance(m, dict)]
+    key = run.get("key") if isinstance(run.get("key"), dict) else {}
+    module_ids = [m for m in (run.get("modules") or key.get("modules") or []) if isinstance(m, dict)]
     specs = _installed_specs([str(m.get("name")) for m in module_ids])
     for t in targets:  # which module predicts each target
         if "." in t.key and t.key.rsplit(".", 1)[0] in specs:
@@ -447,16 +454,17 @@ def build_report(
         "predicted": n_pred,
         "failed": len(failed_names),
         "flagged": int(flagged_mask.sum()) if has_qc else None,
-        "unfinished": counts.get("unfinished"),
-        "status": run.get("status", "?"),
+        "unfinished": counts.get("unfinished", counts.get("missing")),
+        "status": run.get("status") or ("merged" if "sources" in run else "?"),
         "wall_s": run.get("wall_s"),
         "wall": _duration(run.get("wall_s")),
         "throughput": run.get("throughput_subjects_per_s"),
         "started_at": run.get("started_at", ""), "finished_at": run.get("finished_at", ""),
         "engine": run.get("engine", ""), "devices": ", ".join(map(str, run.get("devices") or [])) or "-",
-        "precision": run.get("precision", ""), "level": run.get("level"),
-        "pipeline_version": run.get("pipeline_version", ""),
-        "versions": run.get("versions", {}) if isinstance(run.get("versions"), dict) else {},
+        "precision": run.get("precision", ""), "level": run.get("level", key.get("level")),
+        "pipeline_version": run.get("pipeline_version") or key.get("pipeline_version", ""),
+        "versions": run.get("versions") if isinstance(run.get("versions"), dict) else (
+            {"mimir": run["mimir_version"]} if "mimir_version" in run else {}),
         "input": run.get("input", ""), "key_digest": run.get("key_digest", ""),
     }
     env = jinja2.Environment(
