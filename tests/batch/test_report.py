@@ -319,3 +319,18 @@ def test_report_of_a_merged_folder(tmp_path: Path) -> None:
     assert page.ids["count-predicted"] == "37" and page.ids["run-status"] == "merged"
     assert info["spec"].digest in page.ids["modules"]
     assert result.thumbnails == 4  # the previews found through the shard's subjects.csv
+
+
+def test_a_damaged_cell_counts_as_missing(tmp_path: Path) -> None:
+    make_batch_folder(tmp_path / "out", qc=False, failed=0)
+    path = tmp_path / "out" / "predictions.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split(",")
+    col = header.index("height_cm_mean_in_cm")
+    cells = lines[5].split(",")
+    cells[col] = "not-a-number"
+    lines[5] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    page = Page(build_report(tmp_path / "out").path.read_text(encoding="utf-8"))
+    assert "height_cm cm 39 " in page.ids["statistics"]  # 40 subjects, one damaged value
+    assert "1 subject(s) without a finite value" in page.ids["targets"]

@@ -349,9 +349,8 @@ def build_report(
     # --- per target: histograms and statistics over all predicted subjects
     target_views = []
     for t in targets:
-        mean = df[t.mean].to_numpy(dtype=np.float64, na_value=np.nan)
-        width = (df[t.high].to_numpy(dtype=np.float64, na_value=np.nan)
-                 - df[t.low].to_numpy(dtype=np.float64, na_value=np.nan))
+        mean = _floats(df[t.mean])
+        width = _floats(df[t.high]) - _floats(df[t.low])
         spec = specs.get(t.module) if t.module else None
         target_views.append({
             "key": t.key, "unit": t.unit, "module": t.module or "?",
@@ -486,6 +485,13 @@ def build_report(
     return ReportResult(path=dest, size_bytes=len(page.encode("utf-8")), seconds=time.perf_counter() - started,
                         subjects=int(summary["inputs"] or 0), predicted=n_pred, failed=len(failed_names),
                         flagged=summary["flagged"], thumbnails=made)
+
+
+def _floats(column: Any) -> np.ndarray:
+    """A column as float64; cells that are not numbers (a damaged file) become NaN, i.e. missing."""
+    import pandas as pd
+
+    return pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _num(x: Any) -> float | None:
