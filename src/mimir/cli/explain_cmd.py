@@ -17,6 +17,8 @@ from mimir.errors import EXIT_ERROR, EXIT_PARTIAL, MimirError, UsageError
 from mimir.inference.saliency import METHODS
 from mimir.utils import atomic
 
+#: Display blur (Gaussian sigma, pixels) of the pixel-level methods' figures.
+DISPLAY_SMOOTH_PX = 3.0
 #: Folder of the aggregated maps inside -o.
 AGGREGATE_DIR = "aggregate"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -104,6 +106,9 @@ def explain_cmd(
                           gpu=gpus[0] if gpus else None)
     console.print(f"method: {escape(explainer.description)}", highlight=False)
     agg = Aggregate() if aggregate else None
+    # pixel-level maps are speckled: the figures (not the .npy maps) show them blurred
+    smooth = 0.0 if method == "gradcam" else DISPLAY_SMOOTH_PX
+    shown = "" if smooth == 0 else f"; shown blurred (Gaussian sigma {smooth:g} px)"
     written: list[dict[str, object]] = []
     failed: list[dict[str, str]] = [{"input": p, "error": f"{p}: {reason}"} for p, reason in refused]
     for item in failed:
@@ -131,8 +136,9 @@ def explain_cmd(
             png = saliency_figure(
                 image, it.saliency,
                 title=f"{stem}  -  {it.module} {it.target}: {it.mean:.4g} {it.unit} (sd {it.sd:.2g})",
-                subtitle=f"saliency: {explainer.description}"
+                subtitle=f"saliency: {explainer.description}{shown}"
                 + ("" if float(it.saliency.sum()) > 0 else "; the map is zero (no evidence raising the prediction)"),
+                smooth_px=smooth,
             )
             atomic.write_bytes(base.with_name(base.name + ".png"), png)
             written.append({"input": path, "subject": stem, "module": it.module, "target": it.target,
@@ -151,7 +157,8 @@ def explain_cmd(
             _save_npy(base.with_name(base.name + ".npy"), m)
             atomic.write_bytes(base.with_name(base.name + ".png"), saliency_figure(
                 mean_image, m, title=f"mean of {agg.counts[(mod, tgt)]} subject(s)  -  {mod} {tgt}",
-                subtitle=f"aggregated saliency (mean of unit-sum maps): {explainer.description}"))
+                subtitle=f"aggregated saliency (mean of unit-sum maps): {explainer.description}{shown}",
+                smooth_px=smooth))
             aggregated.append({"module": mod, "target": tgt, "subjects": agg.counts[(mod, tgt)],
                                "png": str(base.with_name(base.name + ".png").relative_to(output)),
                                "npy": str(base.with_name(base.name + ".npy").relative_to(output))})

@@ -48,6 +48,7 @@ def saliency_figure(
     title: str,
     subtitle: str = "",
     *,
+    smooth_px: float = 0.0,
     dpi: int = 100,
 ) -> bytes:
     """PNG bytes: the three channels of ``image`` (3, 256, 256) with ``saliency`` (256, 256) overlaid.
@@ -55,10 +56,15 @@ def saliency_figure(
     The map is shown relative to its maximum with the ``inferno`` colour map,
     transparent where it is low (alpha = value / max, capped at 0.75). Each
     panel is titled with its channel and shows which half is coronal and
-    which sagittal.
+    which sagittal. ``smooth_px`` > 0 blurs the map for display only
+    (Gaussian, that sigma in pixels): pixel-level maps are speckled.
     """
     plt = require_matplotlib("explain")
     s = np.asarray(saliency, dtype=np.float64)
+    if smooth_px > 0:
+        from scipy.ndimage import gaussian_filter
+
+        s = gaussian_filter(s, smooth_px)
     peak = float(s.max()) if s.size else 0.0
     rel = s / peak if peak > 0 else np.zeros_like(s)
     fig, axes = plt.subplots(1, 3, figsize=(8.4, 3.55), dpi=dpi)
