@@ -3,7 +3,6 @@ unwritable output folders, failures while writing the final outputs, non-finite 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from mimir.errors import (
     InputError,
