@@ -182,6 +182,12 @@ class SubjectResult:
     instance: int | None = None
     predictions: list[TargetPrediction] = field(default_factory=list)
     error: str | None = None
+    #: QC verdict of the input: "ok", "warn" or "fail"; None when not computed (e.g. a .npy input without QC)
+    qc_status: str | None = None
+    #: QC codes with details, e.g. ["fat_water_swap:station=3", "out_of_distribution:phantom-demo"]
+    qc_flags: list[str] = field(default_factory=list)
+    #: out-of-distribution score per module name; None when the module has no reference
+    ood_scores: dict[str, float | None] = field(default_factory=dict)
 
     @classmethod
     def for_input(cls, path: str | Path) -> SubjectResult:
@@ -193,14 +199,17 @@ class SubjectResult:
         return self.error is None
 
     def to_row(self, layout: Sequence[OutputTarget] | None = None) -> dict[str, Any]:
-        """One CSV row: ``name, eid, instance`` then four columns per target.
+        """One CSV row: ``name, eid, instance, qc_status, qc_flags`` then four columns per target.
 
+        ``qc_flags`` are joined with ";" (empty when none or not computed).
         With ``layout``, the columns follow it (targets this subject lacks are empty).
         """
         row: dict[str, Any] = {
             "name": self.name,
             "eid": "" if self.eid is None else self.eid,
             "instance": "" if self.instance is None else self.instance,
+            "qc_status": self.qc_status or "",
+            "qc_flags": ";".join(self.qc_flags),
         }
         by_key = {p.target.key: p for p in self.predictions}
         targets = layout if layout is not None else [p.target for p in self.predictions]
@@ -215,18 +224,19 @@ class SubjectResult:
         return row
 
     def to_json(self) -> dict[str, Any]:
-        """The subject as a JSON object: name, eid, instance, targets {key: {...}}."""
+        """The subject as a JSON object: name, eid, instance, qc {status, flags}, targets {key: {...}}."""
         return {
             "name": self.name,
             "eid": self.eid,
             "instance": self.instance,
+            "qc": {"status": self.qc_status, "flags": list(self.qc_flags)},
             "targets": {p.target.key: p.to_json() for p in self.predictions},
         }
 
 
 def csv_header(layout: Sequence[OutputTarget]) -> list[str]:
     """The CSV header for a run whose targets are ``layout``."""
-    header = ["name", "eid", "instance"]
+    header = ["name", "eid", "instance", "qc_status", "qc_flags"]
     for t in layout:
         header.extend(t.columns())
     return header

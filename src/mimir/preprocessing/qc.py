@@ -41,13 +41,13 @@ All functions are pure: arrays in, numbers out.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from mimir.preprocessing.fusion import plan_overlaps, station_grid
 from mimir.preprocessing.projection import BED_ROWS
 from mimir.preprocessing.stations import StationSet
 
@@ -67,6 +67,8 @@ WHOLE_EDGE_LOW = 0.70
 PARTIAL_EDGE_LOW = 0.30
 #: How much a negative seam correlation lowers the thresholds of the station it points at.
 SEAM_BONUS = 0.10
+#: Every this many slices of a station are sampled for the edge numbers (speed).
+SLICE_STEP = 2
 #: Fewer edge samples than this: the station is too small or empty to judge.
 MIN_EDGE_SAMPLES = 20
 
@@ -89,14 +91,14 @@ class StationQC:
 
     ``edge_ff``: median fat fraction (0-1) of the outer-edge samples;
     ``edge_low``: share (0-1) of edge samples with fat fraction < 0.5;
-    ``edge_samples``: how many samples there were;
+    ``edge_samples``: how many samples there were (``edge_ff``/``edge_low`` are None without any);
     ``seam_corr``: correlation (-1..1) of the fat-fraction maps of this station
     and the next one in their overlap (None for the last station or without overlap).
     """
 
     station: int
-    edge_ff: float
-    edge_low: float
+    edge_ff: float | None
+    edge_low: float | None
     edge_samples: int
     seam_corr: float | None = None
 
@@ -185,11 +187,11 @@ def edge_numbers(water: np.ndarray, fat: np.ndarray) -> tuple[float, float, int]
 
     ``water``, ``fat``: (rows, columns, slices) float arrays, rows anterior to
     posterior; the posterior :data:`~mimir.preprocessing.projection.BED_ROWS`
-    rows (the bed) are left out.
+    rows (the bed) are left out, and every :data:`SLICE_STEP`-th slice is used.
     """
     rows = max(1, water.shape[0] - BED_ROWS)
-    w = np.asarray(water[:rows], dtype=np.float32)
-    f = np.asarray(fat[:rows], dtype=np.float32)
+    w = np.asarray(water[:rows, :, ::SLICE_STEP], dtype=np.float32)
+    f = np.asarray(fat[:rows, :, ::SLICE_STEP], dtype=np.float32)
     total = w + f
     mask = _body_mask(total)
     parts = [
@@ -258,8 +260,8 @@ def swap_numbers(stations: StationSet) -> list[StationQC]:
     return out
 
 
-def _round(x: float) -> float:
-    return float(round(x, 4)) if math.isfinite(x) else math.nan
+def _round(x: float) -> float | None:
+    return float(round(x, 4)) if math.isfinite(x) else None
 
 
 def swap_flags(numbers: Sequence[StationQC]) -> list[str]:
@@ -272,7 +274,7 @@ def swap_flags(numbers: Sequence[StationQC]) -> list[str]:
             bonus[j] = SEAM_BONUS
     flags = []
     for s, b in zip(numbers, bonus):
-        if s.edge_samples < MIN_EDGE_SAMPLES or not math.isfinite(s.edge_low):
+        if s.edge_samples < MIN_EDGE_SAMPLES or s.edge_low is None:
             continue
         if s.edge_low > WHOLE_EDGE_LOW - b:
             flags.append(f"fat_water_swap:station={s.station}")
@@ -282,11 +284,26 @@ def swap_flags(numbers: Sequence[StationQC]) -> list[str]:
 
 
 def _low(s: StationQC) -> float:
-    return s.edge_low if math.isfinite(s.edge_low) else 0.0
+    return 0.0 if s.edge_low is None else s.edge_low
 
 
-# --------------------------------------------------------------------------- repairs as flags
+# --------------------------------------------------------------------------- the record
 
-_RESCAN = re.compile(r"^station at z=(?P<z>-?[\d.]+) mm was acquired")
-_CROP = re.compile(r"^water and fat of series (?P<w>\d+)/")
-_NO_OVERLAP = re.compile(r"^no overlap between stations (?P<a>\d+) and (?P<b>\d+)")
+
+def overlap_flags(stations: StationSet) -> list[str]:
+    """``no_overlap:stations=A-B`` (1-based, head first) for neighbours that fusion joins without overlap."""
+    shapes = np.array([s.voxels.shape for s in stations.water])
+    plan, _ = plan_overlaps(station_grid(stations.positions, stations.spacings, shapes))
+    return [f"no_overlap:stations={i + 1}-{i + 2}" for i in range(len(shapes) - 1) if plan.overlaps[i] <= 0]
+
+
+def assess(stations: StationSet) -> QCRecord:
+    """The QC record of a subject from its consistent stations (see the module docstring).
+
+    Flags, in order: the repairs made while pairing stations (``stations.flags``),
+    stations joined without overlap, fat-water swaps.
+    """
+    numbers = swap_numbers(stations)
+    record = QCRecord(stations=numbers)
+    record.add(*stations.flags, *overlap_flags(stations), *swap_flags(numbers))
+    return record
