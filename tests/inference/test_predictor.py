@@ -88,14 +88,16 @@ def test_original_module_import_and_predict_match_formulas(tmp_path: Path, no_ne
     assert r.exit_code == 0, r.stderr
     rows = list(csv.DictReader(out_csv.open()))
     header = list(rows[0])
-    assert header[:3] == ["name", "eid", "instance"]
-    assert header[3:7] == [
+    assert header[:5] == ["name", "eid", "instance", "qc_status", "qc_flags"]
+    # .npy images carry no QC record: the QC columns are empty
+    assert all(r_["qc_status"] == "" and r_["qc_flags"] == "" for r_ in rows)
+    assert header[5:9] == [
         "AtlasVatVolume_mean_in_L",
         "AtlasVatVolume_variance_in_L",
         "AtlasVatVolume_ci_low_in_L",
         "AtlasVatVolume_ci_high_in_L",
     ]
-    assert len(header) == 3 + 4 * 3
+    assert len(header) == 5 + 4 * 3
     assert [(r_["name"], r_["eid"], r_["instance"]) for r_ in rows] == [
         ("1000001_20201_2_0", "1000001", "2"),
         ("scan_b", "", ""),
@@ -149,7 +151,7 @@ def test_ensemble_of_copies_and_of_different_members(tmp_path: Path) -> None:
 
     # same target names in several modules: columns are keyed by module
     assert [t.key for t in p.layout[:3]] == ["one.AtlasVatVolume", "one.age", "one.liverFat"]
-    assert p.columns()[3] == "one.AtlasVatVolume_mean_in_L"
+    assert p.columns()[5] == "one.AtlasVatVolume_mean_in_L"
     ident = p.identity()
     assert [i["name"] for i in ident] == ["one", "copies", "mix"] and len(ident[2]["members"]) == 3
     results = p.predict_images(images[:2], ["1000002_20201_3_0.zip", "x.npy"])

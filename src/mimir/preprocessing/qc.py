@@ -15,12 +15,13 @@ both invariant to coil gain (they use the fat fraction ``F / (W + F)``):
    voxels inside the outer body edge are fat-dominated. In a swapped region
    they turn water-dominated. Per station we sample the outer edge along
    every image row (from the right and from the left) and every column (from
-   the anterior side; the posterior side rests on the bed) and take the
-   signal-weighted fat fraction of the first :data:`EDGE_DEPTH` body voxels.
-   ``edge_low`` is the share of those samples whose fat fraction is below
-   one half: small in a regular station, near one in a swapped one, and
-   about the swapped share of the edge for a partial swap (one leg, the
-   arms, a run of slices).
+   the anterior side; the posterior side rests on the bed) and compare the
+   fat fraction of the first body voxel with that of the tissue a few voxels
+   further in (:func:`swapped_looking`: fat at the edge, or at least more fat
+   at the edge than inside, is normal; the reverse looks swapped).
+   ``edge_low`` is the share of samples that look swapped: near zero in a
+   regular station, near one in a swapped one, and about the swapped share of
+   the edge for a partial swap (one leg, the arms, a run of slices).
 2. **Station overlaps.** Neighbouring stations overlap by a few centimetres,
    so the same anatomy is imaged twice. The fat-fraction maps of the two
    views correlate positively; when one of them is swapped (``ff -> 1 - ff``)
@@ -30,8 +31,8 @@ both invariant to coil gain (they use the fat fraction ``F / (W + F)``):
 
 A station is flagged ``fat_water_swap`` when ``edge_low`` exceeds
 :data:`WHOLE_EDGE_LOW`, ``fat_water_swap_partial`` when it exceeds
-:data:`PARTIAL_EDGE_LOW`; a negative seam correlation lowers both thresholds
-by :data:`SEAM_BONUS` for the more swapped-looking station of the pair.
+:data:`PARTIAL_EDGE_LOW`; a negative seam correlation lowers the partial
+threshold by :data:`SEAM_BONUS` for the more swapped-looking station of the pair.
 Thresholds were chosen on tuning seeds and measured on fresh ones
 (``benchmarks/qc.py``).
 
@@ -57,15 +58,17 @@ QC_VERSION = "mimir-qc/1"
 #: Verdicts, least to most severe.
 STATUSES = ("ok", "warn", "fail")
 
-#: Body voxels averaged at each edge sample (from the edge inwards).
-EDGE_DEPTH = 2
+#: Depths (voxels inside the first body voxel) of the "inner" fat fraction of an edge sample.
+INNER_DEPTHS = (2, 3)
+#: Margin (fat fraction) by which edge and inner must differ to count as ordered.
+EDGE_MARGIN = 0.1
 #: The body mask: water + fat above this share of the station's 99th percentile.
 BODY_THRESHOLD = 0.2
 #: ``edge_low`` above which a whole station is called swapped.
 WHOLE_EDGE_LOW = 0.70
 #: ``edge_low`` above which a region of a station is called swapped.
 PARTIAL_EDGE_LOW = 0.30
-#: How much a negative seam correlation lowers the thresholds of the station it points at.
+#: How much a negative seam correlation lowers the partial threshold of the station it points at.
 SEAM_BONUS = 0.10
 #: Every this many slices of a station are sampled for the edge numbers (speed).
 SLICE_STEP = 2
@@ -161,25 +164,48 @@ def _body_mask(total: np.ndarray) -> np.ndarray:
     return total > BODY_THRESHOLD * level
 
 
-def _edge_fractions(fat: np.ndarray, total: np.ndarray, mask: np.ndarray, axis: int, reverse: bool) -> np.ndarray:
-    """Signal-weighted fat fraction of the first :data:`EDGE_DEPTH` body voxels met along ``axis``.
+def _edge_fractions(
+    fat: np.ndarray, total: np.ndarray, mask: np.ndarray, axis: int, reverse: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fat fractions at the outer body edge met along ``axis``: (edge, inner), 1-D float64 each.
 
-    Lines that meet no body, or meet it at the border of the field of view
-    (cut-off anatomy, not a skin surface), give no sample. Returns a 1-D float64 array.
+    ``edge`` is the fat fraction of the first body voxel, ``inner`` the
+    signal-weighted fat fraction of the body voxels :data:`INNER_DEPTHS` further
+    in. Lines that meet no body, or meet it at the border of the field of view
+    (cut-off anatomy, not a skin surface), give no sample.
     """
     if reverse:
         fat, total, mask = (np.flip(a, axis) for a in (fat, total, mask))
     n = mask.shape[axis]
     first = np.argmax(mask, axis=axis)
-    hit = np.any(mask, axis=axis) & (first > 0) & (first + EDGE_DEPTH <= n)
-    f_sum = np.zeros(first.shape)
-    t_sum = np.zeros(first.shape)
-    for d in range(EDGE_DEPTH):
-        idx = np.expand_dims(np.minimum(first + d, n - 1), axis)
-        f_sum += np.take_along_axis(fat, idx, axis).squeeze(axis)
-        t_sum += np.take_along_axis(total, idx, axis).squeeze(axis)
-    ok = hit & (t_sum > 0)
-    return f_sum[ok] / t_sum[ok]
+    hit = np.any(mask, axis=axis) & (first > 0) & (first + INNER_DEPTHS[-1] < n)
+
+    def sums(depths: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        f_sum = np.zeros(first.shape)
+        t_sum = np.zeros(first.shape)
+        for d in depths:
+            idx = np.expand_dims(np.minimum(first + d, n - 1), axis)
+            f_sum += np.take_along_axis(fat, idx, axis).squeeze(axis)
+            t_sum += np.take_along_axis(total, idx, axis).squeeze(axis)
+        return f_sum, t_sum
+
+    f0, t0 = sums((0,))
+    f1, t1 = sums(INNER_DEPTHS)
+    ok = hit & (t0 > 0) & (t1 > 0)
+    return f0[ok] / t0[ok], f1[ok] / t1[ok]
+
+
+def swapped_looking(edge: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """Which edge samples look swapped (boolean, same shape).
+
+    Normal anatomy has fat at the edge: a high edge fat fraction (thick
+    subcutaneous fat), or at least more fat at the edge than further in (fat
+    thinner than a voxel over muscle). A swap turns both around (f -> 1 - f).
+    A sample looks swapped when its edge has clearly less fat than the tissue
+    inside (by :data:`EDGE_MARGIN`), or when the edge is water-dominated and
+    not clearly fattier than the inside.
+    """
+    return (edge < inner - EDGE_MARGIN) | ((edge < 0.5) & (edge < inner + EDGE_MARGIN))
 
 
 def edge_numbers(water: np.ndarray, fat: np.ndarray) -> tuple[float, float, int]:
@@ -188,6 +214,9 @@ def edge_numbers(water: np.ndarray, fat: np.ndarray) -> tuple[float, float, int]
     ``water``, ``fat``: (rows, columns, slices) float arrays, rows anterior to
     posterior; the posterior :data:`~mimir.preprocessing.projection.BED_ROWS`
     rows (the bed) are left out, and every :data:`SLICE_STEP`-th slice is used.
+    ``edge_ff`` is the median fat fraction (0-1) of the first body voxel met
+    from the right, the left and the front; ``edge_low`` the share (0-1) of
+    those samples that look swapped (:func:`swapped_looking`).
     """
     rows = max(1, water.shape[0] - BED_ROWS)
     w = np.asarray(water[:rows, :, ::SLICE_STEP], dtype=np.float32)
@@ -199,10 +228,11 @@ def edge_numbers(water: np.ndarray, fat: np.ndarray) -> tuple[float, float, int]
         _edge_fractions(f, total, mask, axis=1, reverse=True),  # from the left
         _edge_fractions(f, total, mask, axis=0, reverse=False),  # from the anterior side
     ]
-    ff = np.concatenate(parts)
-    if ff.size == 0:
+    edge = np.concatenate([p[0] for p in parts])
+    inner = np.concatenate([p[1] for p in parts])
+    if edge.size == 0:
         return math.nan, math.nan, 0
-    return float(np.median(ff)), float(np.mean(ff < 0.5)), int(ff.size)
+    return float(np.median(edge)), float(np.mean(swapped_looking(edge, inner))), int(edge.size)
 
 
 def seam_correlation(stations: StationSet, i: int) -> float | None:
@@ -276,7 +306,7 @@ def swap_flags(numbers: Sequence[StationQC]) -> list[str]:
     for s, b in zip(numbers, bonus):
         if s.edge_samples < MIN_EDGE_SAMPLES or s.edge_low is None:
             continue
-        if s.edge_low > WHOLE_EDGE_LOW - b:
+        if s.edge_low > WHOLE_EDGE_LOW:
             flags.append(f"fat_water_swap:station={s.station}")
         elif s.edge_low > PARTIAL_EDGE_LOW - b:
             flags.append(f"fat_water_swap_partial:station={s.station}")
