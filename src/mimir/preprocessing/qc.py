@@ -65,13 +65,15 @@ EDGE_MARGIN = 0.1
 #: The body mask: water + fat above this share of the station's 99th percentile.
 BODY_THRESHOLD = 0.2
 #: ``edge_low`` above which a whole station is called swapped.
-WHOLE_EDGE_LOW = 0.70
+WHOLE_EDGE_LOW = 0.80
 #: ``edge_low`` above which a region of a station is called swapped.
-PARTIAL_EDGE_LOW = 0.30
+PARTIAL_EDGE_LOW = 0.15
 #: How much a negative seam correlation lowers the partial threshold of the station it points at.
-SEAM_BONUS = 0.10
-#: Every this many slices of a station are sampled for the edge numbers (speed).
+SEAM_BONUS = 0.05
+#: Every this many slices of a station are sampled for the edge numbers (speed), in
+#: stations of at least :data:`SLICE_STEP_FROM` slices; every slice in shorter ones.
 SLICE_STEP = 2
+SLICE_STEP_FROM = 32
 #: Fewer edge samples than this: the station is too small or empty to judge.
 MIN_EDGE_SAMPLES = 20
 
@@ -213,14 +215,16 @@ def edge_numbers(water: np.ndarray, fat: np.ndarray) -> tuple[float, float, int]
 
     ``water``, ``fat``: (rows, columns, slices) float arrays, rows anterior to
     posterior; the posterior :data:`~mimir.preprocessing.projection.BED_ROWS`
-    rows (the bed) are left out, and every :data:`SLICE_STEP`-th slice is used.
+    rows (the bed) are left out, and every :data:`SLICE_STEP`-th slice is used
+    (every slice in stations shorter than :data:`SLICE_STEP_FROM`).
     ``edge_ff`` is the median fat fraction (0-1) of the first body voxel met
     from the right, the left and the front; ``edge_low`` the share (0-1) of
     those samples that look swapped (:func:`swapped_looking`).
     """
     rows = max(1, water.shape[0] - BED_ROWS)
-    w = np.asarray(water[:rows, :, ::SLICE_STEP], dtype=np.float32)
-    f = np.asarray(fat[:rows, :, ::SLICE_STEP], dtype=np.float32)
+    step = SLICE_STEP if water.shape[2] >= SLICE_STEP_FROM else 1
+    w = np.asarray(water[:rows, :, ::step], dtype=np.float32)
+    f = np.asarray(fat[:rows, :, ::step], dtype=np.float32)
     total = w + f
     mask = _body_mask(total)
     parts = [
