@@ -106,10 +106,10 @@ def test_record_json_round_trip_and_status():
 
 def test_seam_decides_which_neighbour_when_both_are_borderline():
     mk = qc.StationQC
-    numbers = [mk(1, 0.9, 0.0, 500, 0.9), mk(2, 0.4, qc.PARTIAL_EDGE_LOW - 0.05, 500, -0.8), mk(3, 0.9, 0.02, 500)]
+    numbers = [mk(1, 0.9, 0.0, 500, 0.9), mk(2, 0.4, qc.PARTIAL_EDGE_LOW - qc.SEAM_BONUS / 2, 500, -0.8), mk(3, 0.9, 0.02, 500)]
     assert qc.swap_flags(numbers) == ["fat_water_swap_partial:station=2"]
     numbers[0] = mk(1, 0.9, 0.0, 500, 0.9)
-    numbers[1] = mk(2, 0.4, qc.PARTIAL_EDGE_LOW - 0.05, 500, 0.8)  # positive seam: no bonus
+    numbers[1] = mk(2, 0.4, qc.PARTIAL_EDGE_LOW - qc.SEAM_BONUS / 2, 500, 0.8)  # positive seam: no bonus
     assert qc.swap_flags(numbers) == []
     assert qc.swap_flags([mk(1, None, None, 0)]) == []  # an empty station is not judged
 
