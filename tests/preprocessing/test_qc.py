@@ -172,3 +172,14 @@ def test_mimir_qc_command(tmp_path):
     assert broken["qc_status"] == "" and "truncated" in broken["error"]
     r = CliRunner().invoke(app, ["qc", str(data), "-o", str(tmp_path / "qc.txt")])
     assert r.exit_code == 1 and "csv" in r.output
+
+
+def test_a_failing_qc_never_costs_the_image(tmp_path, monkeypatch):
+    import mimir.preprocessing.pipeline as pipeline
+
+    sub = generate_subject(tmp_path, SEEDS[0], variant="rescan", small=True)
+    monkeypatch.setattr(pipeline.qc_mod, "assess", lambda s: 1 / 0)
+    image, record = preprocess_with_qc(sub.zip_path, cache=False)
+    assert image.shape == (3, 256, 256)
+    assert record.status == "warn" and record.flags[-1] == "qc_incomplete"
+    assert record.flags[0].startswith("rescan_replaced:station=")

@@ -78,7 +78,12 @@ def preprocess_with_qc(path: str | os.PathLike[str], *, cache: bool = True) -> t
                 if record is not None:
                     return hit[0], record
     stations = read_stations(path)
-    record = qc_mod.assess(stations)
+    try:
+        record = qc_mod.assess(stations)
+    except Exception as exc:  # noqa: BLE001 - QC informs; it must never cost a subject its image
+        log.warning("%s: QC could not be computed (%s: %s)", path, type(exc).__name__, exc)
+        record = QCRecord()
+        record.add(*stations.flags, "qc_incomplete")
     volumes = fuse_stations(stations)
     image = make_image(volumes.water, volumes.fat)
     repaired = set(stations.flags)  # already logged as sentences by the stations stage

@@ -87,6 +87,7 @@ SEVERITY: dict[str, str] = {
     "no_overlap": "warn",
     "geometry": "warn",
     "out_of_distribution": "warn",
+    "qc_incomplete": "warn",
 }
 
 
