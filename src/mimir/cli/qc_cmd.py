@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mimir.cli.app import app, console, err_console, handle_errors, report_error
+from mimir.cli.app import EXIT_CODES_HELP, app, console, err_console, handle_errors, report_error, say
 from mimir.errors import EXIT_ERROR, EXIT_PARTIAL, UsageError
 
 
@@ -28,7 +28,7 @@ def _expand(inputs: list[str]) -> list[str]:
     return out
 
 
-@app.command("qc")
+@app.command("qc", epilog=EXIT_CODES_HELP)
 @handle_errors
 def qc_cmd(
     inputs: list[str] = typer.Argument(
@@ -85,11 +85,8 @@ def qc_cmd(
         console.print(table)
     else:
         write_qc_csv(output, rows)
-        console.print(f"wrote the QC of {len(rows)} input(s) to {escape(str(output))}", highlight=False)
-    console.print(
-        f"{len(rows) - failed} checked: {len(rows) - failed - flagged} ok, {flagged} flagged (warn or fail)",
-        highlight=False,
-    )
+        say(f"wrote the QC of {len(rows)} input(s) to {output}")
+    say(f"{len(rows) - failed} checked: {len(rows) - failed - flagged} ok, {flagged} flagged (warn or fail)")
     if failed:
-        err_console.print(f"{failed} of {len(rows)} input(s) could not be read (see above)", highlight=False)
+        say(f"{failed} of {len(rows)} input(s) could not be read (see above)", stderr=True)
         raise typer.Exit(EXIT_ERROR if failed == len(rows) else EXIT_PARTIAL)
