@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from mimir.cli import app
 
 runner = CliRunner()
-COMMANDS = ["predict", "batch", "merge", "demo", "preprocess", "synth", "train", "fetch-weights", "list-targets", "qc"]
+COMMANDS = ["predict", "batch", "merge", "demo", "preprocess", "synth", "train", "fetch-weights", "list-targets",
+            "explain", "report", "qc"]
 FORBIDDEN = ("<bool>", "<list[", "<int", "<float", "<str>", "<path>", "{")
 
 
