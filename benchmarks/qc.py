@@ -43,10 +43,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mimir.errors import MimirError  # noqa: E402
-from mimir.preprocessing import qc  # noqa: E402
-from mimir.preprocessing.pipeline import read_stations  # noqa: E402
-from mimir.synth import build_study, study_zip_bytes  # noqa: E402
+from mimir.errors import MimirError
+from mimir.preprocessing import qc
+from mimir.preprocessing.pipeline import read_stations
+from mimir.synth import build_study, study_zip_bytes
 
 #: First seed of each set; groups and cases are offset from it so no seed is reused.
 SET_SEEDS = {"tuning": 1_000_000, "test": 2_000_000}

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from mimir.preprocessing import qc
-from mimir.preprocessing.pipeline import PIPELINE_VERSION, preprocess_with_qc, read_stations
+from mimir.preprocessing.pipeline import (
+    PIPELINE_VERSION,
+    preprocess_with_qc,
+    read_stations,
+)
 from mimir.synth import build_study, generate_subject
 
 SEEDS = (4101, 4102)  # never used to choose the thresholds (benchmarks/qc.py tunes on seeds 1000000+)
@@ -115,8 +119,7 @@ def test_seam_decides_which_neighbour_when_both_are_borderline():
 
 
 def test_qc_record_survives_the_cache(tmp_path, monkeypatch):
-    import mimir.preprocessing.pipeline as pipeline
-    from mimir.preprocessing import cache
+    from mimir.preprocessing import cache, pipeline
 
     sub = generate_subject(tmp_path, SEEDS[0], variant="fat_water_swap", small=True, swap_station=2)
     image, record = preprocess_with_qc(sub.zip_path)
@@ -175,7 +178,7 @@ def test_mimir_qc_command(tmp_path):
 
 
 def test_a_failing_qc_never_costs_the_image(tmp_path, monkeypatch):
-    import mimir.preprocessing.pipeline as pipeline
+    from mimir.preprocessing import pipeline
 
     sub = generate_subject(tmp_path, SEEDS[0], variant="rescan", small=True)
     monkeypatch.setattr(pipeline.qc_mod, "assess", lambda s: 1 / 0)
