@@ -100,7 +100,7 @@ def run_demo(
     from mimir.models.registry import get_module
     from mimir.outputs.preview import write_preview
     from mimir.outputs.writers import write_results
-    from mimir.preprocessing.pipeline import preprocess
+    from mimir.preprocessing.pipeline import preprocess_with_qc
     from mimir.synth import generate_subject
     from mimir.utils import atomic
 
@@ -115,7 +115,7 @@ def run_demo(
     seconds["generate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    image = preprocess(subject.zip_path, cache=False)
+    image, qc = preprocess_with_qc(subject.zip_path, cache=False)
     seconds["preprocess"] = time.perf_counter() - t
     stem = subject.zip_path.name[: -len(".zip")]
     npy = out / f"{stem}.npy"
@@ -129,6 +129,7 @@ def run_demo(
     seconds["load module"] = time.perf_counter() - t
     t = time.perf_counter()
     (record,) = predictor.predict_images(image[None], [subject.zip_path])
+    record.qc_status, record.qc_flags = qc.status, list(qc.flags)
     seconds["predict"] = time.perf_counter() - t
     csv_path = out / "predictions.csv"
     write_results(csv_path, [record], predictor.layout)

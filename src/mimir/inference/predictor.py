@@ -287,7 +287,7 @@ class Predictor:
         batch with the number of files done in it.
         """
         from mimir.preprocessing.pipeline import (
-            load_input,  # pydicom is imported only when files are read
+            load_input_with_qc,  # pydicom is imported only when files are read
         )
 
         records = [SubjectResult.for_input(p) for p in paths]
@@ -296,8 +296,11 @@ class Predictor:
             images, good = [], []
             for rec in chunk:
                 try:
-                    images.append(load_input(rec.source, cache=cache))
+                    image, qc = load_input_with_qc(rec.source, cache=cache)
+                    images.append(image)
                     good.append(rec)
+                    if qc is not None:
+                        rec.qc_status, rec.qc_flags = qc.status, list(qc.flags)
                 except MimirError as exc:
                     rec.error = str(exc)
                 except Exception as exc:  # never let one odd file stop the run
