@@ -150,7 +150,7 @@ def columns_for(modules: Iterable[Any]) -> list[str]:
     from mimir.inference.predictions import csv_header, layout_for
 
     specs = list(modules)
-    return csv_header(layout_for((s.name, s.version, [(t.name, t.unit, t.field) for t in s.targets]) for s in specs))
+    return csv_header(layout_for((s.name, s.version, [(t.name, t.unit, t.field, t.support) for t in s.targets]) for s in specs))
 
 
 def usable_cpus() -> int:

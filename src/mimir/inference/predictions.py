@@ -101,11 +101,29 @@ def z_value(level: float = DEFAULT_LEVEL) -> float:
     return NormalDist().inv_cdf((1.0 + level) / 2.0)
 
 
-def interval(mean: Any, variance: Any, level: float = DEFAULT_LEVEL) -> tuple[Any, Any]:
-    """(low, high) = mean -+ z * sqrt(variance), element-wise."""
+def interval(
+    mean: Any,
+    variance: Any,
+    level: float = DEFAULT_LEVEL,
+    support: tuple[float | None, float | None] | None = None,
+) -> tuple[Any, Any]:
+    """(low, high) = mean -+ z * sqrt(variance), element-wise, cut to ``support``.
+
+    ``support`` (low, high), either None for unbounded, is the range of values
+    the target can take: each bound of the interval is clipped into it (an
+    interval wholly outside collapses onto the nearer end). The mean is never
+    changed, so it may lie outside its clipped interval.
+    """
     z = z_value(level)
     half = z * np.sqrt(variance)
-    return mean - half, mean + half
+    low, high = mean - half, mean + half
+    if support is not None:
+        lo, hi = support
+        if lo is not None:
+            low, high = np.maximum(low, lo), np.maximum(high, lo)
+        if hi is not None:
+            low, high = np.minimum(low, hi), np.minimum(high, hi)
+    return low, high
 
 
 # --------------------------------------------------------------------------- records
@@ -125,6 +143,8 @@ class OutputTarget:
     field: int | None
     module: str
     module_version: str
+    #: (low, high) the values the target can take, either None for unbounded; None: unbounded
+    support: tuple[float | None, float | None] | None = None
 
     def columns(self) -> tuple[str, str, str, str]:
         """CSV columns: mean and variance (MIMIR's names), then the interval bounds."""
@@ -147,7 +167,7 @@ class TargetPrediction:
 
     @property
     def ci(self) -> tuple[float, float]:
-        low, high = interval(self.value, self.variance, self.level)
+        low, high = interval(self.value, self.variance, self.level, self.target.support)
         return float(low), float(high)
 
     def to_json(self) -> dict[str, Any]:
@@ -182,6 +202,12 @@ class SubjectResult:
     instance: int | None = None
     predictions: list[TargetPrediction] = field(default_factory=list)
     error: str | None = None
+    #: QC verdict of the input: "ok", "warn" or "fail"; None when not computed (e.g. a .npy input without QC)
+    qc_status: str | None = None
+    #: QC codes with details, e.g. ["fat_water_swap:station=3", "out_of_distribution:phantom-demo"]
+    qc_flags: list[str] = field(default_factory=list)
+    #: out-of-distribution score per module name; None when the module has no reference
+    ood_scores: dict[str, float | None] = field(default_factory=dict)
 
     @classmethod
     def for_input(cls, path: str | Path) -> SubjectResult:
@@ -224,6 +250,29 @@ class SubjectResult:
         }
 
 
+#: QC code of a subject whose image lies outside a module's reference (``out_of_distribution:<module>``).
+OOD_FLAG = "out_of_distribution"
+#: An OOD score above this is flagged (scores are calibrated so that 1 is the flag line).
+OOD_LIMIT = 1.0
+
+
+def set_ood_score(record: SubjectResult, module: str, score: float | None) -> None:
+    """Record a module's OOD score on ``record``; flag it when above :data:`OOD_LIMIT`.
+
+    A flagged record gets ``out_of_distribution:<module>`` in ``qc_flags``
+    (once) and a ``qc_status`` of at least ``"warn"``. A non-finite score (the
+    features overflowed) counts as flagged. Calling it again for the same
+    module replaces the earlier verdict.
+    """
+    code = f"{OOD_FLAG}:{module}"
+    record.ood_scores[module] = None if score is None else (float(score) if math.isfinite(score) else math.inf)
+    record.qc_flags = [f for f in record.qc_flags if f != code]
+    if score is not None and not score <= OOD_LIMIT:
+        record.qc_flags.append(code)
+        if record.qc_status in (None, "ok"):
+            record.qc_status = "warn"
+
+
 def csv_header(layout: Sequence[OutputTarget]) -> list[str]:
     """The CSV header for a run whose targets are ``layout``."""
     header = ["name", "eid", "instance"]
@@ -241,8 +290,8 @@ def parse_subject_name(path: str | Path) -> tuple[str, int | None, int | None]:
     return name, None, None
 
 
-def layout_for(modules: Iterable[tuple[str, str, Sequence[tuple[str, str, int | None]]]]) -> list[OutputTarget]:
-    """Output targets for modules given as (name, version, [(target, unit, field), ...]).
+def layout_for(modules: Iterable[tuple[str, str, Sequence[tuple[Any, ...]]]]) -> list[OutputTarget]:
+    """Output targets for modules given as (name, version, [(target, unit, field[, support]), ...]).
 
     A target name predicted by more than one module is keyed ``<module>.<name>``
     for every module that predicts it, so no column is ever ambiguous.
@@ -250,13 +299,18 @@ def layout_for(modules: Iterable[tuple[str, str, Sequence[tuple[str, str, int | 
     modules = list(modules)
     counts: dict[str, int] = {}
     for _, _, targets in modules:
-        for tname, _, _ in targets:
+        for tname, *_ in targets:
             counts[tname] = counts.get(tname, 0) + 1
     out = []
     for mname, mversion, targets in modules:
-        for tname, unit, fid in targets:
+        for tname, unit, fid, *rest in targets:
             key = tname if counts[tname] == 1 else f"{mname}.{tname}"
-            out.append(OutputTarget(key=key, name=tname, unit=unit, field=fid, module=mname, module_version=mversion))
+            support = rest[0] if rest else None
+            out.append(
+                OutputTarget(
+                    key=key, name=tname, unit=unit, field=fid, module=mname, module_version=mversion, support=support
+                )
+            )
     return out
 
 

@@ -1,0 +1,309 @@
+"""Out-of-distribution reference of a module: what its training images look like to its networks.
+
+Every ensemble member ends in global average pooling: for an image it gives a
+feature vector of ``d = 2048 * width / 64`` numbers (256 for the width-8 demo
+module, 2048 for MIMIR's width-64 modules) just before the final layer. The
+reference holds, per member k, the mean ``mu_k`` (d,) of these vectors over
+in-distribution images and the inverse ``P_k`` (d, d) of their covariance,
+shrunk towards a multiple of the identity by the Ledoit-Wolf rule (few images,
+many dimensions). The raw score of an image with features ``f_k`` is the mean
+over members of the squared Mahalanobis distance per dimension::
+
+    raw = mean_k  (f_k - mu_k)^T P_k (f_k - mu_k) / d
+
+and the reported score is ``raw / threshold``, where ``threshold`` is the
+``quantile`` (default 0.99) of ``raw`` over held-out in-distribution images
+that were NOT used for the mean and covariance. So a score of 1 is the flag
+line: about 1 % of in-distribution images score above 1, and an image scoring
+above 1 is flagged ``out_of_distribution:<module>``.
+
+The arrays live in ``ood_reference.safetensors`` (tensors ``mean``: (K, d)
+float32, ``precision``: (K, d, d) float32), named and hashed in
+``module.json`` under ``ood_reference`` (:class:`OodSpec`). Pure NumPy except
+:func:`pooled_features` and the file functions, which import torch /
+safetensors lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mimir.errors import ModuleError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mimir.models.resnet import ResNet50
+
+#: File name of the reference inside a module folder.
+REFERENCE_FILE = "ood_reference.safetensors"
+#: Method name recorded in module.json.
+METHOD = "mahalanobis-ledoit-wolf"
+#: Default calibration quantile: the flag line.
+DEFAULT_QUANTILE = 0.99
+#: Fewest images accepted for the mean/covariance and for the calibration.
+MIN_FIT = 20
+MIN_CALIBRATION = 20
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean (d,), shrunk covariance (d, d) and shrinkage (0..1) of samples ``x`` (n, d).
+
+    The covariance is ``(1 - a) S + a (tr(S)/d) I`` with ``S`` the maximum
+    likelihood covariance and ``a`` the Ledoit-Wolf (2004) estimate of the
+    optimal shrinkage. Computed in float64.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"need samples of shape (n >= 2, d), got {x.shape}")
+    n, d = x.shape
+    mean = x.mean(axis=0)
+    xc = x - mean
+    s = xc.T @ xc / n
+    mu = float(np.trace(s)) / d
+    # delta: squared distance of S from mu*I; beta: variance of the sample covariance estimate
+    delta = float(np.sum((s - mu * np.eye(d)) ** 2)) / d
+    x2 = xc**2
+    beta = float(np.sum(x2.T @ x2) / n - np.sum(s**2)) / (d * n)
+    beta = min(beta, delta)
+    shrink = 0.0 if delta <= 0 else beta / delta
+    cov = (1.0 - shrink) * s
+    cov[np.diag_indices(d)] += shrink * mu
+    return mean, cov, shrink
+
+
+def precision_of(cov: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive definite matrix (float64), symmetrised."""
+    p = np.linalg.inv(np.asarray(cov, dtype=np.float64))
+    return (p + p.T) / 2.0
+
+
+def raw_scores(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Raw scores (B,) of features (K, B, d) against a reference ``mean`` (K, d), ``precision`` (K, d, d).
+
+    Mean over the K members of the squared Mahalanobis distance divided by d.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 3 or f.shape[0] != mean.shape[0] or f.shape[2] != mean.shape[1]:
+        raise ValueError(f"features {f.shape} do not fit a reference of {mean.shape[0]} x {mean.shape[1]}")
+    diff = f - np.asarray(mean, dtype=np.float64)[:, None, :]
+    d2 = np.einsum("kbi,kij,kbj->kb", diff, np.asarray(precision, dtype=np.float64), diff)
+    return d2.mean(axis=0) / f.shape[2]
+
+
+@dataclass
+class OodReference:
+    """The arrays of a reference and its flag line.
+
+    ``mean`` (K, d) and ``precision`` (K, d, d) float64; ``threshold`` the raw
+    score at ``quantile`` of the calibration images.
+    """
+
+    mean: np.ndarray
+    precision: np.ndarray
+    threshold: float
+    quantile: float = DEFAULT_QUANTILE
+    shrinkage: list[float] = field(default_factory=list)
+
+    @property
+    def members(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[1])
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """Calibrated scores (B,) of features (K, B, d): 1.0 is the flag line."""
+        return raw_scores(features, self.mean, self.precision) / self.threshold
+
+
+def fit_reference(
+    fit_features: np.ndarray,
+    calibration_features: np.ndarray,
+    *,
+    quantile: float = DEFAULT_QUANTILE,
+) -> OodReference:
+    """Fit a reference on features (K, N, d) and set its flag line on other images' features (K, M, d).
+
+    The calibration images must be in-distribution and disjoint from the fit
+    images (features of images the mean/covariance were fitted on lie closer
+    to it, which would put the flag line too low).
+    """
+    fit_features = np.asarray(fit_features, dtype=np.float64)
+    calibration_features = np.asarray(calibration_features, dtype=np.float64)
+    if fit_features.ndim != 3 or calibration_features.ndim != 3:
+        raise ValueError("features must have shape (members, images, dims)")
+    if fit_features.shape[1] < MIN_FIT:
+        raise ValueError(f"need at least {MIN_FIT} images to fit a reference, got {fit_features.shape[1]}")
+    if calibration_features.shape[1] < MIN_CALIBRATION:
+        raise ValueError(
+            f"need at least {MIN_CALIBRATION} held-out images to calibrate a reference, got {calibration_features.shape[1]}"
+        )
+    if not 0.5 <= quantile < 1.0:
+        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    means, precs, shrink = [], [], []
+    for k in range(fit_features.shape[0]):
+        m, cov, a = ledoit_wolf(fit_features[k])
+        means.append(m)
+        precs.append(precision_of(cov))
+        shrink.append(a)
+    mean, prec = np.stack(means), np.stack(precs)
+    # store-and-reload precision: score with the float32 arrays that will be written
+    mean, prec = mean.astype(np.float32).astype(np.float64), prec.astype(np.float32).astype(np.float64)
+    raw = raw_scores(calibration_features, mean, prec)
+    threshold = float(np.quantile(raw, quantile))
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"calibration gave an unusable threshold {threshold}")
+    return OodReference(mean=mean, precision=prec, threshold=threshold, quantile=quantile, shrinkage=shrink)
+
+
+def split_fit_calibration(n: int, *, calibration_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (fit, calibration) of a seeded random split of ``n`` images."""
+    if n < MIN_FIT + MIN_CALIBRATION:
+        raise ValueError(f"need at least {MIN_FIT + MIN_CALIBRATION} images, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    m = max(MIN_CALIBRATION, int(round(calibration_fraction * n)))
+    m = min(m, n - MIN_FIT)
+    return np.sort(order[m:]), np.sort(order[:m])
+
+
+# --------------------------------------------------------------------------- module.json record
+
+
+@dataclass
+class OodSpec:
+    """``module.json``'s ``ood_reference`` entry: the file, its sha256 and the flag line."""
+
+    file: str
+    sha256: str
+    threshold: float
+    quantile: float = DEFAULT_QUANTILE
+    method: str = METHOD
+    #: how the reference was fitted: images, counts, command (free-form, JSON-serialisable)
+    fitted: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "method": self.method,
+            "threshold": self.threshold,
+            "quantile": self.quantile,
+            "fitted": self.fitted,
+        }
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> OodSpec:
+        import re
+
+        def bad(msg: str) -> ModuleError:
+            return ModuleError(f"ood_reference: {msg}", path=where, hint="Refit it with mimir fit-reference.")
+
+        if not isinstance(d, Mapping):
+            raise bad("not an object")
+        f, h = d.get("file"), d.get("sha256")
+        if not (isinstance(f, str) and f.endswith(".safetensors") and "/" not in f and "\\" not in f
+                and not f.startswith(".")):
+            raise bad(f"invalid file {f!r}")
+        if not (isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h)):
+            raise bad("invalid sha256")
+        if d.get("method", METHOD) != METHOD:
+            raise bad(f"unknown method {d.get('method')!r}")
+        try:
+            thr, q = float(d["threshold"]), float(d.get("quantile", DEFAULT_QUANTILE))
+        except (KeyError, TypeError, ValueError):
+            raise bad("threshold missing or not a number") from None
+        if not (math.isfinite(thr) and thr > 0 and 0 < q < 1):
+            raise bad("threshold must be a positive number and quantile in (0, 1)")
+        fitted = d.get("fitted") or {}
+        return cls(file=f, sha256=h, threshold=thr, quantile=q, fitted=dict(fitted) if isinstance(fitted, Mapping) else {})
+
+
+# --------------------------------------------------------------------------- files
+
+
+def reference_bytes(ref: OodReference) -> bytes:
+    """The safetensors file of a reference (float32 arrays)."""
+    import torch
+    from safetensors.torch import save
+
+    tensors = {
+        "mean": torch.from_numpy(np.ascontiguousarray(ref.mean, dtype=np.float32)),
+        "precision": torch.from_numpy(np.ascontiguousarray(ref.precision, dtype=np.float32)),
+    }
+    return save(tensors, metadata={"format": "mimir-ood-reference", "method": METHOD})
+
+
+def load_reference(folder: Path, spec: OodSpec, *, module: str, members: int, dim: int | None = None,
+                   verify: bool = True) -> OodReference:
+    """Read a module's reference file, checking its sha256 and shapes."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as st_load
+
+    hint = f"Refit it with: mimir fit-reference -m {module} IMAGES..."
+    path = Path(folder) / spec.file
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModuleError(f"OOD reference {spec.file} is missing", path=module, hint=hint) from None
+    if verify:
+        got = hashlib.sha256(data).hexdigest()
+        if got != spec.sha256:
+            raise ModuleError(
+                f"OOD reference {spec.file} fails verification: its sha256 starts {got[:16]}, "
+                f"module.json expects {spec.sha256[:16]}",
+                path=module,
+                hint=hint,
+            )
+    try:
+        arrays = st_load(data)
+        mean, prec = arrays["mean"].astype(np.float64), arrays["precision"].astype(np.float64)
+    except (SafetensorError, KeyError, Exception) as exc:
+        raise ModuleError(f"OOD reference {spec.file} is unreadable ({exc})", path=module, hint=hint) from None
+    k = mean.shape[0] if mean.ndim == 2 else -1
+    if mean.ndim != 2 or prec.shape != (k, mean.shape[1], mean.shape[1]) or k != members or (
+        dim is not None and mean.shape[1] != dim
+    ):
+        raise ModuleError(
+            f"OOD reference {spec.file} has shapes {mean.shape}/{prec.shape}, the module has {members} members"
+            + (f" of {dim} features" if dim is not None else ""),
+            path=module,
+            hint=hint,
+        )
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(prec))):
+        raise ModuleError(f"OOD reference {spec.file} holds non-finite values", path=module, hint=hint)
+    return OodReference(mean=mean, precision=prec, threshold=spec.threshold, quantile=spec.quantile)
+
+
+def feature_dim(width: int) -> int:
+    """Pooled feature size of a ResNet50 of ``width`` (2048 at width 64)."""
+    return 2048 * width // 64
+
+
+# --------------------------------------------------------------------------- features
+
+
+def pooled_features(networks: Sequence[ResNet50], images: np.ndarray, *, batch_size: int = 32,
+                    device: Any = "cpu") -> np.ndarray:
+    """Pooled penultimate features (K, N, d) float32 of uint8 images (N, 3, 256, 256), fp32."""
+    import torch
+
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:] != (3, 256, 256):
+        raise ValueError(f"expected images of shape (N, 3, 256, 256), got {images.shape}")
+    out: list[list[np.ndarray]] = [[] for _ in networks]
+    with torch.inference_mode():
+        for s in range(0, images.shape[0], batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size])).to(device).float()
+            for k, net in enumerate(networks):
+                out[k].append(net.features(x).float().cpu().numpy())
+    return np.stack([np.concatenate(o) for o in out])
