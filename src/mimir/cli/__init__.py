@@ -9,6 +9,7 @@ from mimir.cli import (  # noqa: F401  (registers commands)
     fetch_cmd,
     predict_cmd,
     preprocess_cmd,
+    reference_cmd,
     synth_cmd,
     targets_cmd,
     train_cmd,

@@ -462,12 +462,16 @@ def write_module(
     input_pipeline: str = DEFAULT_PIPELINE,
     source: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    ood_reference: OodReference | None = None,
+    ood_fitted: Mapping[str, Any] | None = None,
 ) -> ModuleSpec:
     """Write a module folder at ``dest`` (atomically: all of it or nothing).
 
     ``state_dicts`` are ResNet50 state dicts (any width, all the same), with
     ``fc`` giving ``2 * len(targets)`` outputs. Members are saved as
-    ``member_<i>.safetensors``; their sha256 go into module.json.
+    ``member_<i>.safetensors``; their sha256 go into module.json. An
+    ``ood_reference`` (one entry per member) is saved as
+    ``ood_reference.safetensors`` and recorded with ``ood_fitted`` as its provenance.
     """
     from safetensors.torch import save_file
 
@@ -507,6 +511,22 @@ def write_module(
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
             save_file(tensors, str(tmp / fname), metadata={"format": "pt", "module": name, "member": str(i)})
             spec.members.append(MemberSpec(file=fname, sha256=file_sha256(tmp / fname)))
+        if ood_reference is not None:
+            from mimir.models.ood import REFERENCE_FILE
+
+            if ood_reference.members != len(state_dicts):
+                raise ModuleError(
+                    f"OOD reference has {ood_reference.members} members, the module {len(state_dicts)}", path=name
+                )
+            data = reference_bytes(ood_reference)
+            (tmp / REFERENCE_FILE).write_bytes(data)
+            spec.ood = OodSpec(
+                file=REFERENCE_FILE,
+                sha256=hashlib.sha256(data).hexdigest(),
+                threshold=ood_reference.threshold,
+                quantile=ood_reference.quantile,
+                fitted=dict(ood_fitted or {}),
+            )
         (tmp / MODULE_JSON).write_text(spec.dumps(), encoding="utf-8")
         _ordinary_modes(tmp)
         _fsync_tree(tmp)
@@ -675,6 +695,7 @@ def read_original_targets(folder: str | os.PathLike[str]) -> list[TargetSpec]:
             sd=mean_sd[1],
             calibration=cal[i],
             metrics=(entry.metrics_json() or None) if entry is not None else None,
+            support=entry.support if entry is not None else None,
         )
         _validate_target(spec, "metadata.txt")
         targets.append(spec)

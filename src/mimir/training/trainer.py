@@ -595,6 +595,54 @@ def evaluate(
     return out
 
 
+# --------------------------------------------------------------------------- OOD reference
+
+
+def fit_training_reference(
+    state_dicts: Sequence[dict[str, Any]],
+    dataset: Dataset,
+    job: Job,
+    *,
+    device: Any = "cpu",
+    batch_size: int = 32,
+) -> tuple[Any, dict[str, Any]] | tuple[None, None]:
+    """The OOD reference of a freshly trained module, and its provenance; (None, None) with too few images.
+
+    With a hold-out split the mean/covariance come from the members' training
+    images and the flag line from the held-out images (which no member saw).
+    With folds the final members saw every image: a seeded 70/30 split of all
+    images is used, and the flag line, set on images the networks were trained
+    on, is somewhat low (more in-distribution images flagged than the nominal 1 %).
+    """
+    from mimir.models.ood import MIN_CALIBRATION, MIN_FIT, fit_reference, pooled_features, split_fit_calibration
+    from mimir.models.resnet import ResNet50, architecture_of
+
+    nets = []
+    for sd in state_dicts:
+        width, outputs = architecture_of(sd)
+        net = ResNet50(num_outputs=outputs, width=width)
+        net.load_state_dict(sd, strict=True)
+        nets.append(net.eval().to(device))
+    if job.heldout.size >= MIN_CALIBRATION and job.train.size >= MIN_FIT:
+        fit_idx, cal_idx, how = np.sort(job.train), np.sort(job.heldout), "training images / held-out images"
+    elif len(dataset.names) >= MIN_FIT + MIN_CALIBRATION:
+        fit_idx, cal_idx = split_fit_calibration(len(dataset.names))
+        how = "random 70/30 split of the training images (the flag line is set on images the networks saw)"
+    else:
+        return None, None
+    feats = pooled_features(nets, dataset.images, batch_size=batch_size, device=device)
+    ref = fit_reference(feats[:, fit_idx], feats[:, cal_idx])
+    fitted = {
+        "by": "mimir train",
+        "images": "the training data",
+        "fit_images": int(fit_idx.size),
+        "calibration_images": int(cal_idx.size),
+        "split": how,
+        "mimir_version": __version__,
+    }
+    return ref, fitted
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -651,9 +699,13 @@ def train(
         metrics = evaluate(dataset.values[rows], means, variances, names, config.calibration)
         method = f"{config.folds}-fold out-of-fold" if config.folds else f"holdout {config.val_fraction:g}"
 
+    from mimir.models.catalogue import catalogue_by_name
+
+    known = catalogue_by_name()
     specs = []
     for t, info in enumerate(targets):
         m = metrics.get(info.name)
+        entry = known.get(info.name)
         specs.append(
             TargetSpec(
                 name=info.name,
@@ -664,6 +716,7 @@ def train(
                 sd=float(final_sd[t]),
                 calibration=float(m["calibration_factor"]) if m else 1.0,
                 metrics={"validation": {"method": method, **m}} if m else None,
+                support=entry.support if entry is not None else None,  # a catalogue target's support
             )
         )
 
@@ -705,6 +758,11 @@ def train(
     }
     if source:
         src.update(source)
+    progress.message("fitting the out-of-distribution reference")
+    reference, ref_fitted = fit_training_reference(
+        [r.state_dict for _, r in members], dataset, members[0][0], device=trainer.device,
+        batch_size=config.eval_batch_size,
+    )
     spec = write_module(
         out,
         name=config.name,
@@ -715,6 +773,8 @@ def train(
         intended_use=config.intended_use,
         source=src,
         overwrite=overwrite,
+        ood_reference=reference,
+        ood_fitted=ref_fitted,
     )
     if not keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
