@@ -28,6 +28,7 @@ Usage (resumable; run it in the background, it takes ~2 s per full-size subject)
 from __future__ import annotations
 
 import argparse
+import os
 import csv
 import dataclasses
 import sys
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / ".scratch" / "ood"))
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--n", type=int, default=None, help="subjects per set (default: per set, see SETS)")
+    ap.add_argument("--reverse", action="store_true", help="last seed first (a second process on the same set)")
     args = ap.parse_args(argv)
     for set_name in args.sets.split(","):
         seed0, n = SETS[set_name]
@@ -221,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.out) / set_name
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        for seed in range(seed0, seed0 + n):
+        seeds = range(seed0, seed0 + n)
+        for seed in reversed(seeds) if args.reverse else seeds:
             name = f"{1_000_000 + seed}_20201_2_0"
             npy = folder / f"{name}.npy"
             if npy.is_file():
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             line = ",".join([name, *("" if truth is None else repr(float(truth[t])) for t in TARGETS)])  # type: ignore[arg-type]
             (folder / f"{name}.truth.line").write_text(line)
-            tmp = folder / f"{name}.tmp.npy"
+            tmp = folder / f"{name}.{os.getpid()}.tmp.npy"
             np.save(tmp, image)
             tmp.replace(npy)
         write_truth(folder)

@@ -26,8 +26,10 @@ from mimir.models.modules import (
 from mimir.models.ood import (
     OodReference,
     OodSpec,
+    default_groups,
     feature_dim,
     fit_reference,
+    grouped,
     ledoit_wolf,
     raw_scores,
     split_fit_calibration,
@@ -85,7 +87,7 @@ def test_fit_reference_flag_line_and_a_shifted_sample() -> None:
     k, d = 2, 16
     ind = lambda n: rng.standard_normal((k, n, d)) * np.linspace(0.5, 2, d)  # noqa: E731
     ref = fit_reference(ind(400), ind(400), quantile=0.95)
-    assert ref.members == k and ref.dim == d and ref.quantile == 0.95
+    assert ref.groups == 1 and ref.size == k * d and ref.quantile == 0.95
     fresh = ref.scores(ind(2000))
     assert 0.02 < float(np.mean(fresh > 1)) < 0.09  # about 5 % of new in-distribution samples
     shifted = ind(200) + 3.0  # every feature moved by 1.5-6 sd
@@ -94,6 +96,20 @@ def test_fit_reference_flag_line_and_a_shifted_sample() -> None:
         fit_reference(ind(10), ind(100))
     with pytest.raises(ValueError, match="held-out"):
         fit_reference(ind(100), ind(5))
+
+
+def test_grouping_joint_and_per_member() -> None:
+    rng = np.random.default_rng(3)
+    f = rng.standard_normal((3, 4, 5))  # 3 members, 4 images, 5 features each
+    joint = grouped(f, 1)
+    assert joint.shape == (1, 4, 15)
+    np.testing.assert_array_equal(joint[0, 2], np.concatenate([f[0, 2], f[1, 2], f[2, 2]]))
+    np.testing.assert_array_equal(grouped(f, 3), f)  # one group per member: the members themselves
+    assert default_groups(4, 256) == 1 and default_groups(1, 2048) == 1 and default_groups(5, 2048) == 5
+    per_member = fit_reference(rng.standard_normal((3, 60, 5)), rng.standard_normal((3, 30, 5)), groups=3)
+    assert per_member.groups == 3 and per_member.size == 15 and per_member.scores(f).shape == (4,)
+    with pytest.raises(ValueError, match="do not fit"):
+        per_member.scores(f[:, :, :4])
 
 
 def test_split_fit_calibration_is_disjoint_and_seeded() -> None:
@@ -174,7 +190,7 @@ def test_reference_round_trips_through_module_json_with_its_hash(tmp_path: Path)
     assert {m.file: file_sha256(tmp_path / "m" / m.file) for m in again.members} == members_before
 
     # shapes must fit the members
-    with pytest.raises(ModuleError, match="members"):
+    with pytest.raises(ModuleError, match="features"):
         set_reference(again, _reference(3, feature_dim(8)))
 
 
@@ -249,7 +265,7 @@ def test_builtin_demo_module_ships_a_verified_reference_and_supports() -> None:
     assert spec.ood is not None
     verify_module(spec)  # members and reference hash as recorded
     ref = spec.load_reference()
-    assert ref is not None and ref.members == len(spec.members) == 4 and ref.dim == feature_dim(spec.width)
+    assert ref is not None and ref.size == len(spec.members) * feature_dim(spec.width) == 4 * 256
     supports = {t.name: t.support for t in spec.targets}
     assert supports["liver_fat_percent"] == (0.0, 100.0)
     assert all(supports[n] == (0.0, None) for n in supports if n != "liver_fat_percent")

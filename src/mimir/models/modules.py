@@ -230,7 +230,10 @@ class ModuleSpec:
             return None
         if self.path is None:
             raise ModuleError("module has no folder", path=self.name)
-        return load_reference(self.path, self.ood, module=self.name, members=len(self.members), verify=verify)
+        from mimir.models.ood import feature_dim
+
+        size = len(self.members) * feature_dim(self.width)
+        return load_reference(self.path, self.ood, module=self.name, size=size, verify=verify)
 
     def arrays(self) -> tuple[list[float], list[float], list[float], list[float]]:
         """(mean, sd, calibration, divisor) per target, for :func:`mimir.inference.predictions.convert_output`."""
@@ -514,9 +517,13 @@ def write_module(
         if ood_reference is not None:
             from mimir.models.ood import REFERENCE_FILE
 
-            if ood_reference.members != len(state_dicts):
+            from mimir.models.ood import feature_dim
+
+            if ood_reference.size != len(state_dicts) * feature_dim(width):
                 raise ModuleError(
-                    f"OOD reference has {ood_reference.members} members, the module {len(state_dicts)}", path=name
+                    f"OOD reference covers {ood_reference.size} features, the members give "
+                    f"{len(state_dicts) * feature_dim(width)}",
+                    path=name,
                 )
             data = reference_bytes(ood_reference)
             (tmp / REFERENCE_FILE).write_bytes(data)
@@ -550,8 +557,14 @@ def set_reference(spec: ModuleSpec, ref: OodReference, *, fitted: Mapping[str, A
 
     if spec.path is None:
         raise ModuleError("module has no folder", path=spec.name)
-    if ref.members != len(spec.members):
-        raise ModuleError(f"reference has {ref.members} members, the module {len(spec.members)}", path=spec.name)
+    from mimir.models.ood import feature_dim
+
+    if ref.size != len(spec.members) * feature_dim(spec.width):
+        raise ModuleError(
+            f"reference covers {ref.size} features, the module's {len(spec.members)} member(s) give "
+            f"{len(spec.members) * feature_dim(spec.width)}",
+            path=spec.name,
+        )
     data = reference_bytes(ref)
     sha = hashlib.sha256(data).hexdigest()
     stem, suffix = REFERENCE_FILE.rsplit(".", 1)

@@ -2,14 +2,18 @@
 
 Every ensemble member ends in global average pooling: for an image it gives a
 feature vector of ``d = 2048 * width / 64`` numbers (256 for the width-8 demo
-module, 2048 for MIMIR's width-64 modules) just before the final layer. The
-reference holds, per member k, the mean ``mu_k`` (d,) of these vectors over
-in-distribution images and the inverse ``P_k`` (d, d) of their covariance,
-shrunk towards a multiple of the identity by the Ledoit-Wolf rule (few images,
-many dimensions). The raw score of an image with features ``f_k`` is the mean
-over members of the squared Mahalanobis distance per dimension::
+module, 2048 for MIMIR's width-64 modules) just before the final layer. The K
+members' vectors are concatenated (member 0 first) into one vector of K*d
+numbers and cut into G groups of D = K*d/G: one group (the whole vector, so
+that correlations between members count) when K*d <= :data:`MAX_JOINT`,
+else one group per member. The reference holds, per group g, the mean
+``mu_g`` (D,) over in-distribution images and the inverse ``P_g`` (D, D) of
+the covariance, shrunk towards a multiple of the identity by the Ledoit-Wolf
+rule (few images, many dimensions). The raw score of an image with grouped
+features ``f_g`` is the mean over groups of the squared Mahalanobis distance
+per dimension::
 
-    raw = mean_k  (f_k - mu_k)^T P_k (f_k - mu_k) / d
+    raw = mean_g  (f_g - mu_g)^T P_g (f_g - mu_g) / D
 
 and the reported score is ``raw / threshold``, where ``threshold`` is the
 ``quantile`` (default 0.99) of ``raw`` over held-out in-distribution images
@@ -17,8 +21,8 @@ that were NOT used for the mean and covariance. So a score of 1 is the flag
 line: about 1 % of in-distribution images score above 1, and an image scoring
 above 1 is flagged ``out_of_distribution:<module>``.
 
-The arrays live in ``ood_reference.safetensors`` (tensors ``mean``: (K, d)
-float32, ``precision``: (K, d, d) float32), named and hashed in
+The arrays live in ``ood_reference.safetensors`` (tensors ``mean``: (G, D)
+float32, ``precision``: (G, D, D) float32), named and hashed in
 ``module.json`` under ``ood_reference`` (:class:`OodSpec`). Pure NumPy except
 :func:`pooled_features` and the file functions, which import torch /
 safetensors lazily.
@@ -49,6 +53,8 @@ DEFAULT_QUANTILE = 0.99
 #: Fewest images accepted for the mean/covariance and for the calibration.
 MIN_FIT = 20
 MIN_CALIBRATION = 20
+#: Largest concatenated feature vector modelled with one joint covariance (4096: a 64 MiB precision).
+MAX_JOINT = 4096
 
 
 # --------------------------------------------------------------------------- numerics
@@ -86,10 +92,26 @@ def precision_of(cov: np.ndarray) -> np.ndarray:
     return (p + p.T) / 2.0
 
 
-def raw_scores(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Raw scores (B,) of features (K, B, d) against a reference ``mean`` (K, d), ``precision`` (K, d, d).
+def grouped(features: np.ndarray, groups: int) -> np.ndarray:
+    """Member features (K, B, d) -> concatenated per image and cut into ``groups``: (G, B, K*d/G)."""
+    f = np.asarray(features)
+    if f.ndim != 3:
+        raise ValueError(f"features must have shape (members, images, dims), got {f.shape}")
+    k, b, d = f.shape
+    if (k * d) % groups:
+        raise ValueError(f"{k} x {d} features cannot be cut into {groups} groups")
+    return f.transpose(1, 0, 2).reshape(b, groups, k * d // groups).transpose(1, 0, 2)
 
-    Mean over the K members of the squared Mahalanobis distance divided by d.
+
+def default_groups(members: int, dim: int) -> int:
+    """One joint group when members * dim <= MAX_JOINT, else one group per member."""
+    return 1 if members * dim <= MAX_JOINT else members
+
+
+def raw_scores(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Raw scores (B,) of grouped features (G, B, D) against ``mean`` (G, D), ``precision`` (G, D, D).
+
+    Mean over the G groups of the squared Mahalanobis distance divided by D.
     """
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 3 or f.shape[0] != mean.shape[0] or f.shape[2] != mean.shape[1]:
@@ -103,8 +125,9 @@ def raw_scores(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) ->
 class OodReference:
     """The arrays of a reference and its flag line.
 
-    ``mean`` (K, d) and ``precision`` (K, d, d) float64; ``threshold`` the raw
-    score at ``quantile`` of the calibration images.
+    ``mean`` (G, D) and ``precision`` (G, D, D) float64 (G groups of the
+    members' concatenated features, see :func:`grouped`); ``threshold`` the
+    raw score at ``quantile`` of the calibration images.
     """
 
     mean: np.ndarray
@@ -114,16 +137,20 @@ class OodReference:
     shrinkage: list[float] = field(default_factory=list)
 
     @property
-    def members(self) -> int:
+    def groups(self) -> int:
         return int(self.mean.shape[0])
 
     @property
-    def dim(self) -> int:
-        return int(self.mean.shape[1])
+    def size(self) -> int:
+        """Length of the members' concatenated feature vector (K * d)."""
+        return int(self.mean.shape[0] * self.mean.shape[1])
 
     def scores(self, features: np.ndarray) -> np.ndarray:
-        """Calibrated scores (B,) of features (K, B, d): 1.0 is the flag line."""
-        return raw_scores(features, self.mean, self.precision) / self.threshold
+        """Calibrated scores (B,) of member features (K, B, d): 1.0 is the flag line."""
+        f = np.asarray(features)
+        if f.ndim != 3 or f.shape[0] * f.shape[2] != self.size:
+            raise ValueError(f"features {f.shape} do not fit a reference of {self.size} numbers")
+        return raw_scores(grouped(f, self.groups), self.mean, self.precision) / self.threshold
 
 
 def fit_reference(
@@ -131,9 +158,11 @@ def fit_reference(
     calibration_features: np.ndarray,
     *,
     quantile: float = DEFAULT_QUANTILE,
+    groups: int | None = None,
 ) -> OodReference:
     """Fit a reference on features (K, N, d) and set its flag line on other images' features (K, M, d).
 
+    ``groups``: see :func:`grouped`; default :func:`default_groups`.
     The calibration images must be in-distribution and disjoint from the fit
     images (features of images the mean/covariance were fitted on lie closer
     to it, which would put the flag line too low).
@@ -150,16 +179,19 @@ def fit_reference(
         )
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    k, _, d = fit_features.shape
+    groups = default_groups(k, d) if groups is None else groups
+    fit_g, cal_g = grouped(fit_features, groups), grouped(calibration_features, groups)
     means, precs, shrink = [], [], []
-    for k in range(fit_features.shape[0]):
-        m, cov, a = ledoit_wolf(fit_features[k])
+    for g in range(groups):
+        m, cov, a = ledoit_wolf(fit_g[g])
         means.append(m)
         precs.append(precision_of(cov))
         shrink.append(a)
     mean, prec = np.stack(means), np.stack(precs)
     # store-and-reload precision: score with the float32 arrays that will be written
     mean, prec = mean.astype(np.float32).astype(np.float64), prec.astype(np.float32).astype(np.float64)
-    raw = raw_scores(calibration_features, mean, prec)
+    raw = raw_scores(cal_g, mean, prec)
     threshold = float(np.quantile(raw, quantile))
     if not (math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"calibration gave an unusable threshold {threshold}")
@@ -243,7 +275,7 @@ def reference_bytes(ref: OodReference) -> bytes:
     return save(tensors, metadata={"format": "mimir-ood-reference", "method": METHOD})
 
 
-def load_reference(folder: Path, spec: OodSpec, *, module: str, members: int, dim: int | None = None,
+def load_reference(folder: Path, spec: OodSpec, *, module: str, size: int | None = None,
                    verify: bool = True) -> OodReference:
     """Read a module's reference file, checking its sha256 and shapes."""
     from safetensors import SafetensorError
@@ -269,13 +301,13 @@ def load_reference(folder: Path, spec: OodSpec, *, module: str, members: int, di
         mean, prec = arrays["mean"].astype(np.float64), arrays["precision"].astype(np.float64)
     except (SafetensorError, KeyError, Exception) as exc:
         raise ModuleError(f"OOD reference {spec.file} is unreadable ({exc})", path=module, hint=hint) from None
-    k = mean.shape[0] if mean.ndim == 2 else -1
-    if mean.ndim != 2 or prec.shape != (k, mean.shape[1], mean.shape[1]) or k != members or (
-        dim is not None and mean.shape[1] != dim
+    g = mean.shape[0] if mean.ndim == 2 else -1
+    if mean.ndim != 2 or prec.shape != (g, mean.shape[1], mean.shape[1]) or (
+        size is not None and g * mean.shape[1] != size
     ):
         raise ModuleError(
-            f"OOD reference {spec.file} has shapes {mean.shape}/{prec.shape}, the module has {members} members"
-            + (f" of {dim} features" if dim is not None else ""),
+            f"OOD reference {spec.file} has shapes {mean.shape}/{prec.shape}"
+            + (f", the module's members give {size} features" if size is not None else ""),
             path=module,
             hint=hint,
         )
