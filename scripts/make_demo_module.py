@@ -68,6 +68,8 @@ TRAIN_ARGS = [
     "--description",
     "Demonstration module trained on synthetic phantom subjects (mimir synth); slim ResNet50 (width 8) ensemble.",
     "--intended-use",
+    "synthetic-demo",
+    "--intended-use-note",
     "Synthetic demonstration only: shows the mimir pipeline working on mimir synth phantoms. "
     "Its predictions on real UK Biobank images are meaningless.",
 ]

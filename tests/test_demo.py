@@ -26,7 +26,8 @@ def test_demo_module_is_built_in_small_and_marked_synthetic() -> None:
     verify_module(spec)
     assert spec.name == DEMO and spec.architecture == "resnet50" and spec.width < 64
     assert [t.name for t in spec.targets] == TARGETS
-    assert "synthetic demonstration only" in spec.intended_use.lower()
+    assert spec.intended_use == "synthetic-demo" and spec.synthetic
+    assert "synthetic demonstration only" in spec.intended_use_note.lower()
     size = sum((folder / m.file).stat().st_size for m in spec.members)
     assert size <= 10 * 1024 * 1024
     assert len(spec.members) >= 2

@@ -90,14 +90,20 @@ def test_original_module_import_and_predict_match_formulas(tmp_path: Path, no_ne
     assert r.exit_code == 0, r.stderr
     rows = list(csv.DictReader(out_csv.open()))
     header = list(rows[0])
-    assert header[:3] == ["name", "eid", "instance"]
-    assert header[3:7] == [
+    assert header == [
+        "name", "eid", "instance", "qc_status", "qc_flags", "ci_level",
+        "module_test_version", "module_test_intended_use", "module_test_ood_score",
+        *[f"{n}_{kind}_in_{u}" for n, _, u, *_ in DEFAULT_TARGETS for kind in ("mean", "variance", "ci_low", "ci_high")],
+    ]
+    assert header[6 + 3 : 6 + 3 + 4] == [
         "AtlasVatVolume_mean_in_L",
         "AtlasVatVolume_variance_in_L",
         "AtlasVatVolume_ci_low_in_L",
         "AtlasVatVolume_ci_high_in_L",
     ]
-    assert len(header) == 3 + 4 * 3
+    assert {(r_["ci_level"], r_["module_test_version"], r_["module_test_intended_use"]) for r_ in rows} == {
+        ("0.95", "1.0", "research")
+    }
     assert [(r_["name"], r_["eid"], r_["instance"]) for r_ in rows] == [
         ("1000001_20201_2_0", "1000001", "2"),
         ("scan_b", "", ""),
@@ -122,7 +128,12 @@ def test_original_module_import_and_predict_match_formulas(tmp_path: Path, no_ne
     doc = json.loads(out_json.read_text())
     assert [s["name"] for s in doc] == names and doc[0]["eid"] == 1000001 and doc[0]["instance"] == 2
     vat = doc[0]["targets"]["AtlasVatVolume"]
-    assert set(vat) == {"value", "variance", "sd", "ci_low", "ci_high", "level", "unit", "field", "module", "module_version"}
+    assert set(vat) == {
+        "value", "variance", "sd", "ci_low", "ci_high", "level", "unit", "field", "target", "module", "module_version",
+        "intended_use",
+    }
+    assert doc[0]["ci_level"] == 0.9 and doc[0]["modules"] == {"module_test": {"version": "1.0", "intended_use": "research"}}
+    assert doc[0]["qc"] == {"status": None, "flags": []} and doc[0]["ood_scores"] == {}
     assert (vat["unit"], vat["field"], vat["module"], vat["module_version"], vat["level"]) == ("L", 22407, "module_test", "1.0", 0.9)
     assert vat["value"] == pytest.approx(ref_mean[0, 0], rel=1e-5)
     assert vat["sd"] == pytest.approx(math.sqrt(ref_var[0, 0]), rel=1e-4)
@@ -153,9 +164,12 @@ def test_ensemble_of_copies_and_of_different_members(tmp_path: Path) -> None:
     means = np.stack([s[0] for s in singles])
     np.testing.assert_allclose(vm, np.stack([s[1] for s in singles]).mean(0) + means.var(0), rtol=1e-4)
 
-    # same target names in several modules: columns are keyed by module
-    assert [t.key for t in p.layout[:3]] == ["one.AtlasVatVolume", "one.age", "one.liverFat"]
-    assert p.columns()[3] == "one.AtlasVatVolume_mean_in_L"
+    # same target names in several modules: the first module keeps the plain names, later ones are keyed by module
+    assert [t.key for t in p.layout] == [
+        "AtlasVatVolume", "age", "liverFat", *(f"{m}.{t}" for m in ("copies", "mix") for t in ("AtlasVatVolume", "age", "liverFat"))
+    ]
+    assert p.columns()[6:15] == [f"{m}_{c}" for m in ("one", "copies", "mix") for c in ("version", "intended_use", "ood_score")]
+    assert p.columns()[15] == "AtlasVatVolume_mean_in_L" and p.columns()[15 + 12] == "copies.AtlasVatVolume_mean_in_L"
     ident = p.identity()
     assert [i["name"] for i in ident] == ["one", "copies", "mix"] and len(ident[2]["members"]) == 3
     results = p.predict_images(images[:2], ["1000002_20201_3_0.zip", "x.npy"])
@@ -221,9 +235,9 @@ def test_intervals_and_names() -> None:
     assert parse_subject_name("1234567_20201_3_0.npy") == ("1234567_20201_3_0", 1234567, 3)
     assert parse_subject_name("subject.a.zip") == ("subject", None, None)
     lay = layout_for([("a", "1", [("x", "L", 1), ("y", "kg", None)]), ("b", "2", [("x", "L", 1)])])
-    assert [t.key for t in lay] == ["a.x", "y", "b.x"]
+    assert [t.key for t in lay] == ["x", "y", "b.x"]  # the first module in request order keeps the plain name
     rec = SubjectResult.for_input("p.npy")
-    assert rec.to_row(lay)["a.x_mean_in_L"] == ""
+    assert rec.to_row(lay)["x_mean_in_L"] == "" and rec.to_row(lay)["b.x_mean_in_L"] == ""
 
 
 # --------------------------------------------------------------------------- CLI behaviour
@@ -311,7 +325,7 @@ def test_tampered_module_is_refused_by_predict(tmp_path: Path, small_module: str
 
 
 def test_no_module_installed() -> None:
-    with pytest.raises(UsageError, match="no inference module is installed"):
+    with pytest.raises(UsageError, match="no research module is installed"):
         Predictor(device="cpu")
 
 

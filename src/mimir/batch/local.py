@@ -20,9 +20,13 @@
   that dies (e.g. killed for memory) cannot block the others: the main
   process sees its pipe close, records its subject as failed (stage
   ``worker``) and starts a replacement.
-- Each **inference process** loads every module once, collects full batches
-  of B images (only the last batch is short, and it is padded to B, see
-  :mod:`mimir.batch.stages`) and sends rows and JSON objects back. One dying
+- Each **inference process** loads every module once, collects batches of
+  up to B images and sends rows and JSON objects back. A batch runs when it
+  is full, or when no further image has come for ``IDLE_FLUSH_S`` (the
+  workers are slower, or the input is used up), so the first results come
+  within seconds; a short batch is padded to B (see
+  :mod:`mimir.batch.stages`), so the numbers do not depend on how batches
+  were cut. One dying
   stops the run (exit code 1); what was recorded stays, and a rerun resumes.
 - The main process writes each subject's record as its result arrives (see
   :mod:`mimir.batch.records`) and keeps the progress display.
@@ -55,6 +59,8 @@ from mimir.errors import MimirError
 
 #: Seconds between checks that the main process is still there.
 _POLL_S = 1.0
+#: Seconds an inference process waits for more images before it runs a partial batch.
+IDLE_FLUSH_S = 1.0
 #: Environment given to preprocessing workers: one BLAS/OpenMP thread each.
 _WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -226,7 +232,18 @@ def inference_main(cid: int, device: str, config: LocalConfig, image_q: Any, con
 
     while True:
         t0 = time.perf_counter()
-        item = _get(image_q)
+        if pending:
+            # a partial batch waits at most IDLE_FLUSH_S for more images: when preprocessing is the
+            # slower stage (or the input is used up) results come out now instead of when B are ready
+            try:
+                item = image_q.get(timeout=IDLE_FLUSH_S)
+            except queue.Empty:
+                wait_s += time.perf_counter() - t0
+                if not flush():
+                    return
+                continue
+        else:
+            item = _get(image_q)
         wait_s += time.perf_counter() - t0
         if item is None:
             if flush():

@@ -84,7 +84,13 @@ def merge_outputs(
         raise UsageError("the merged output folder must not be one of the folders merged", path=str(dest))
     runs = [_load_run(f) for f in folders]
     key, header = runs[0]["key"], runs[0]["columns"]
+    csv_layout = runs[0].get("csv_layout", "wide")
     for f, run in zip(folders[1:], runs[1:]):
+        if run.get("csv_layout", "wide") != csv_layout:
+            raise UsageError(
+                f"was written with --format {run.get('csv_layout', 'wide')}, {folders[0]} with --format {csv_layout}",
+                path=str(f), hint="Merge only folders of the same run.",
+            )
         if run["key"] != key or run["columns"] != header:
             raise UsageError(
                 f"was made with other modules, pipeline version or interval level than {folders[0]}", path=str(f),
@@ -134,7 +140,7 @@ def merge_outputs(
         return (ok or found or [None])[0]
 
     names = sorted(n for n in expected if n not in refused)
-    written = write_outputs(dest_path, names, lookup, header, input_errors)
+    written = write_outputs(dest_path, names, lookup, header, input_errors, csv_layout=csv_layout)
     if duplicates:
         result.problems.append(
             f"{duplicates} subject(s) were predicted in more than one folder; the first folder's record was kept"
@@ -153,6 +159,7 @@ def merge_outputs(
         "key": key,
         "key_digest": key_digest(key),
         "columns": header,
+        "csv_layout": csv_layout,
         "counts": {"subjects": len(expected), "predicted": result.predicted, "failed": result.failed,
                    "missing": len(result.missing)},
         "problems": result.problems,

@@ -206,19 +206,27 @@ class LogMonitor(Monitor):
         self.console = console
         self.interval = interval
         self._last = 0.0
+        self._shown = -1  # subjects processed at the last line printed
+
+    def _line(self) -> None:
+        self._shown = self.processed
+        self.console.print(f"batch: {self.summary()}", highlight=False, soft_wrap=True, markup=False)
 
     def show(self) -> None:
         now = time.monotonic()
-        if self.total and now - self._last >= self.interval and self.processed:
+        if self.total and self.processed and self.processed != self._shown and (
+            now - self._last >= self.interval or self.processed == self.total
+        ):
             self._last = now
-            self.console.print(f"batch: {self.summary()}", highlight=False, soft_wrap=True)
+            self._line()
 
     def print_line(self, text: str) -> None:
         self.console.print(text, highlight=False, soft_wrap=True, markup=False)
 
     def end(self) -> None:
-        if self.total and self.processed:
-            self.console.print(f"batch: {self.summary()}", highlight=False, soft_wrap=True)
+        """The last count, unless that very line was the last one printed (no status line twice)."""
+        if self.total and self.processed and self.processed != self._shown:
+            self._line()
 
 
 class RichMonitor(Monitor):

@@ -55,11 +55,18 @@ STAGE_WORKER = "worker"  # the preprocessing process died (e.g. killed for memor
 
 
 def run_key(pipeline_version: str, modules: Sequence[Mapping[str, Any]], level: float) -> dict[str, Any]:
-    """The validity key of a run: pipeline version, module identities (in order), interval level."""
+    """The validity key of a run: pipeline version, module identities (in order), interval level, output schema.
+
+    A record made under another output schema (docs/outputs.md) is redone, so
+    every row of a run has the same columns.
+    """
+    from mimir.outputs.writers import SCHEMA_VERSION
+
     return {
         "pipeline_version": pipeline_version,
         "modules": [dict(m) for m in modules],
         "level": float(level),
+        "output_schema": SCHEMA_VERSION,
     }
 
 
@@ -249,6 +256,7 @@ def write_outputs(
     lookup: Callable[[str], dict[str, Any] | None],
     header: Sequence[str],
     input_errors: Iterable[ErrorRow] = (),
+    csv_layout: str = "wide",
 ) -> Outputs:
     """Write predictions.csv, predictions.json and errors.csv from the records, sorted by name.
 
@@ -256,8 +264,11 @@ def write_outputs(
     subject is counted as missing). ``input_errors`` are the inputs refused
     before reading; they go into errors.csv too. Each file is written
     atomically; memory use does not grow with the number of subjects beyond
-    the list of names.
+    the list of names. ``csv_layout`` ``long`` writes predictions.csv with one
+    row per subject x target (made from each record's JSON object).
     """
+    from mimir.inference.predictions import LONG_HEADER, long_rows
+
     out = Path(out_dir)
     result = Outputs()
     errors: list[ErrorRow] = list(input_errors)
@@ -267,7 +278,8 @@ def write_outputs(
         atomic.atomic_path(out / PREDICTIONS_JSON) as json_tmp,
     ):
         with open(csv_tmp, "w", encoding="utf-8", newline="") as cf, open(json_tmp, "w", encoding="utf-8") as jf:
-            writer = csv.DictWriter(cf, fieldnames=list(header), lineterminator="\n")
+            long = csv_layout == "long"
+            writer = csv.DictWriter(cf, fieldnames=LONG_HEADER if long else list(header), lineterminator="\n")
             writer.writeheader()
             items = _JsonListWriter(jf)
             for name in names:
@@ -275,7 +287,10 @@ def write_outputs(
                 if record is None:
                     result.missing.append(name)
                 elif record["status"] == "ok":
-                    writer.writerow(record["row"])
+                    if long:
+                        writer.writerows(long_rows(record["json"]))
+                    else:
+                        writer.writerow(record["row"])
                     items.add(record["json"])
                     result.predicted += 1
                 else:

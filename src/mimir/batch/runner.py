@@ -81,6 +81,8 @@ class BatchOptions:
     cache: bool = True
     queue_size: int | None = None
     threads: int | None = None
+    #: predictions.csv layout: ``wide`` (one row per subject) or ``long`` (one row per subject x target)
+    csv_layout: str = "wide"
     #: Replaces the preprocessing function (a picklable top-level function; for tests and custom readers).
     preprocess: Any = None
 
@@ -136,6 +138,9 @@ def _check(options: BatchOptions) -> None:
         z_value(options.level)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    from mimir.outputs.writers import check_layout
+
+    check_layout(options.csv_layout)
 
 
 @contextlib.contextmanager
@@ -227,8 +232,16 @@ def run_batch(
     ``retry_failed``, ``num_shards``, ``shard_index``, ``engine``, ...).
     Returns the counts; raises :class:`~mimir.errors.MimirError` when the run
     cannot proceed (nothing is lost: a rerun resumes).
+
+    The local engine starts ``spawn`` processes, which import the calling
+    script again: in a script, call this under ``if __name__ == "__main__":``
+    (a call outside it raises :class:`~mimir.errors.UsageError` saying so).
     """
     opts = BatchOptions(input=os.fspath(input), out_dir=os.fspath(out_dir), **options)
+    if opts.engine == "local":
+        from mimir.utils.processes import require_main_guard
+
+        require_main_guard("mimir.run_batch")
     return execute(opts, monitor or Monitor())
 
 
@@ -289,6 +302,8 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
             "key_digest": key_digest(key),
             "key": key,
             "columns": header,
+            "csv_layout": opts.csv_layout,
+            "output_schema": key["output_schema"],
             "retry_failed": opts.retry_failed,
             "counts": {
                 "inputs": len(everything.files) + len(everything.problems),
@@ -370,7 +385,9 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
                 with contextlib.suppress(OSError):
                     atomic.write_text(out / RUN_JSON, _dump(run))
 
-        written = write_outputs(out, names, lambda n: store.valid(n, key), header, input_errors)
+        written = write_outputs(
+            out, names, lambda n: store.valid(n, key), header, input_errors, csv_layout=opts.csv_layout
+        )
         unfinished = len(written.missing)
         run["status"] = "complete" if unfinished == 0 else "incomplete"
         run["counts"].update(

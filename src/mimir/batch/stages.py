@@ -147,10 +147,10 @@ class InferenceStage:
 
 def columns_for(modules: Iterable[Any]) -> list[str]:
     """The CSV header for module specs, without loading any weights."""
-    from mimir.inference.predictions import csv_header, layout_for
+    from mimir.inference.predictions import csv_header
+    from mimir.inference.predictor import layout_of_specs
 
-    specs = list(modules)
-    return csv_header(layout_for((s.name, s.version, [(t.name, t.unit, t.field, t.support) for t in s.targets]) for s in specs))
+    return csv_header(layout_of_specs(modules))
 
 
 def usable_cpus() -> int:

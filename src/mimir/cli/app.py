@@ -4,18 +4,116 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+try:  # typer >= 0.2x vendors click as typer._click; older versions use click itself
+    from typer._click import exceptions as _cx
+except ImportError:  # pragma: no cover
+    from click import exceptions as _cx  # type: ignore[no-redef]
 
 from mimir import __version__
 from mimir.errors import EXIT_ERROR, MimirError
 
+#: Shown at the end of every command's --help (and of ``mimir --help``).
+EXIT_CODES_HELP = (
+    "Exit codes: 0 everything done; 1 the run could not proceed (usage error: unknown command, "
+    "bad option or value; missing module; or every input failed); 2 some inputs failed (the others "
+    "were written); 130 interrupted."
+)
+
+
+def _plain_type(param: Any, ctx: Any) -> str | None:
+    """The value placeholder shown in --help: the metavar, or a word (N, NUMBER, PATH, TEXT), never a Python type."""
+    if getattr(param, "is_flag", False) or getattr(param, "param_type_name", "") == "argument":
+        return None  # flags take no value; an argument's name is its placeholder
+    if param.metavar is not None:
+        return str(param.metavar)
+    desc = param.type_descriptor
+    if desc.is_choice:
+        return "|".join(str(c) for c in desc.choices or ())
+    annotation = desc.annotation
+    args = getattr(annotation, "__args__", None)
+    if desc.is_list and args:
+        annotation = args[0]
+    if desc.is_path:
+        return "PATH"
+    words = {bool: None, int: "N", float: "NUMBER", str: "TEXT"}
+    return words.get(annotation, "VALUE") if isinstance(annotation, type) else "VALUE"
+
+
+def _usage_name(param: Any) -> str:
+    """An argument in the usage line: ``ZIP...`` when required, ``[NAMES]...`` when optional."""
+    name = str(param.display_name_raw)
+    repeat = param.nargs != 1 and not name.endswith("...")
+    name = name if param.required else f"[{name}]"
+    return name + ("..." if repeat else "")
+
+
+def _plain_help_types() -> None:
+    """Make typer's --help show placeholders (N, PATH, ZIP...) instead of Python types (<int>, <list[str]>).
+
+    typer >= 0.2x prints a type column such as ``<bool>`` or ``<int range>``
+    and usage lines such as ``{INPUT}...``; mimir's help shows what to type.
+    ``tests/cli/test_help.py`` checks every command's help.
+    """
+    from typer import core
+
+    base = getattr(core, "_TyperParameter", None)
+    if base is not None and hasattr(base, "display_type"):
+        base.display_type = _plain_type  # type: ignore[method-assign]
+    if hasattr(core.TyperArgument, "_usage_display_name"):
+        core.TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
+
+
+_plain_help_types()
+
+
+class _MimirGroup(TyperGroup):
+    """The command group, with usage errors as one ``error:`` line and exit code 1.
+
+    Click exits 2 on a usage error, but mimir's 2 means "some inputs failed";
+    an unknown command, an unknown option or a bad value exits 1 instead.
+    """
+
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except _cx.NoArgsIsHelpError as exc:
+            text = exc.format_message()  # typer's rich help is printed while the error is made; click's is returned
+            if text.strip():
+                print(text)
+            code = 0
+        except _cx.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "mimir"
+            report_error(f"{exc.format_message()} (see {where} --help)")
+            code = EXIT_ERROR
+        except _cx.ClickException as exc:
+            report_error(exc.format_message())
+            code = EXIT_ERROR
+        except typer.Abort:
+            report_error("interrupted")
+            code = 130
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
 app = typer.Typer(
     name="mimir",
+    cls=_MimirGroup,
     help="Inference engine for UK Biobank neck-to-knee body MRI (field 20201).",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -30,14 +128,60 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of white space (newlines included) made one space."""
+    return " ".join(str(text).split())
+
+
 def report_error(message: str) -> None:
-    """Print one error line to stderr."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one error line to stderr; ``message`` is printed literally (no Rich markup)."""
+    err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
 
 
 def report_warning(message: str) -> None:
-    """Print one warning line to stderr."""
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one warning line to stderr; ``message`` is printed literally (no Rich markup)."""
+    err_console.print(f"[yellow]warning:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
+
+
+def say(message: str, *, style: str | None = None, stderr: bool = False) -> None:
+    """Print a plain line (paths and other user strings included) literally, without Rich markup."""
+    (err_console if stderr else console).print(
+        message, style=style, markup=False, highlight=False, soft_wrap=True
+    )
+
+
+def pick_output(output: Any, alias: Any, *, required: bool = False) -> Any:
+    """The value of ``-o/--output``, or of its hidden old spelling ``--out``; :class:`UsageError` if both or neither (when required)."""
+    from mimir.errors import UsageError
+
+    if output is not None and alias is not None and output != alias:
+        raise UsageError("give -o/--output once (--out is its old spelling)")
+    value = output if output is not None else alias
+    if required and value is None:
+        raise UsageError("missing option -o/--output", hint="Say where to write the results.")
+    return value
+
+
+def parse_gpus(text: str | None, *, single: bool = False) -> list[int] | None:
+    """``--gpu`` text: ``"0"`` -> [0], ``"0,1"`` -> [0, 1]; None stays None.
+
+    ``single``: the command runs one inference process (``predict``), so only one index is allowed.
+    """
+    from mimir.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        gpus = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--gpu takes GPU indices such as 0 or 0,1, got {text!r}") from None
+    if not gpus:
+        raise UsageError("--gpu needs at least one GPU index")
+    if any(g < 0 for g in gpus):
+        raise UsageError(f"--gpu takes GPU indices >= 0, got {text!r}")
+    if single and len(gpus) > 1:
+        raise UsageError("mimir predict runs on one GPU", hint="Give one index, or use mimir batch for several GPUs.")
+    return gpus
 
 
 def handle_errors(func: F) -> F:

@@ -8,120 +8,150 @@ from typing import Optional
 import typer
 
 from mimir.cli.app import (
+    EXIT_CODES_HELP,
     app,
-    console,
     err_console,
     handle_errors,
+    parse_gpus,
+    pick_output,
     report_error,
     report_warning,
+    say,
 )
-from mimir.errors import UsageError
 
 
-def _parse_gpus(text: str | None) -> list[int] | None:
-    """``"0,1"`` -> [0, 1]; None stays None."""
-    if text is None:
-        return None
-    try:
-        gpus = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UsageError(f"--gpu takes GPU indices such as 0 or 0,1, got {text!r}") from None
-    if not gpus:
-        raise UsageError("--gpu needs at least one GPU index")
-    return gpus
-
-
-@app.command("batch")
+@app.command("batch", epilog=EXIT_CODES_HELP)
 @handle_errors
 def batch_cmd(
     input: str = typer.Argument(  # noqa: A002
         ..., metavar="INPUT",
         help="A folder (searched recursively for *_20201_*_*.zip and .npy) or a text file with one path per line.",
+        show_default=False,
     ),
-    out_dir: Path = typer.Option(..., "-o", "--out", help="Output folder (records, predictions, errors, run.json)."),
+    output: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "-o", "--output", metavar="FOLDER",
+        help="Output folder (records, predictions, errors, run.json). Required.", show_default=False,
+    ),
+    out_alias: Optional[Path] = typer.Option(None, "--out", hidden=True),  # noqa: UP007 (old spelling)
     module: Optional[list[str]] = typer.Option(  # noqa: UP007
-        None, "-m", "--module", help="Module name or folder (repeatable). Default: every installed module."
+        None, "-m", "--module", metavar="MODULE",
+        help="Module name or folder (repeatable; columns follow this order). Default: every installed module "
+        "except the synthetic demo.",
+        show_default=False,
+    ),
+    csv_format: str = typer.Option(
+        "wide", "--format", metavar="wide|long",
+        help="predictions.csv layout: wide (one row per subject) or long (one row per subject and target).",
     ),
     gpu: Optional[str] = typer.Option(  # noqa: UP007
-        None, "--gpu",
+        None, "--gpu", metavar="N[,N...]",
         help="GPU index, or a list such as 0,1: one inference process per GPU listed (0,0: two on GPU 0).",
+        show_default=False,
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA), fp32 or bf16."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option(
+        "auto", "--precision", metavar="auto|fp32|bf16", help="auto (bf16 + channels_last on CUDA), fp32 or bf16."
+    ),
     workers: Optional[int] = typer.Option(  # noqa: UP007
-        None, "--workers", "-w", min=1,
+        None, "--workers", "-w", min=1, metavar="N",
         help="Preprocessing processes. Default: the CPUs this job may use (Ray: as many as the cluster runs).",
+        show_default=False,
     ),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    ci: float = typer.Option(0.95, "--ci", help="Confidence level of the intervals, between 0 and 1."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, metavar="N", help="Images per forward pass."),
+    ci: float = typer.Option(0.95, "--ci", metavar="LEVEL", help="Confidence level of the intervals, between 0 and 1."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try the subjects in errors.csv again."),
     num_shards: Optional[int] = typer.Option(  # noqa: UP007
-        None, "--num-shards", min=1, help="Split the input into N shards (default: $SLURM_ARRAY_TASK_COUNT or 1)."
+        None, "--num-shards", min=1, metavar="N",
+        help="Split the input into N shards (default: $SLURM_ARRAY_TASK_COUNT or 1).", show_default=False,
     ),
     shard_index: Optional[int] = typer.Option(  # noqa: UP007
-        None, "--shard-index", min=0, help="Which shard to run, 0..N-1 (default: from $SLURM_ARRAY_TASK_ID)."
+        None, "--shard-index", min=0, metavar="I",
+        help="Which shard to run, 0..N-1 (default: from $SLURM_ARRAY_TASK_ID).", show_default=False,
     ),
-    engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray."),
+    engine: str = typer.Option("local", "--engine", metavar="local|ray", help="local (processes on this machine) or ray."),
     address: Optional[str] = typer.Option(  # noqa: UP007
-        None, "--address", help="Ray cluster address (--engine ray; default: $RAY_ADDRESS or a local instance)."
+        None, "--address", metavar="ADDRESS",
+        help="Ray cluster address (--engine ray; default: $RAY_ADDRESS or a local instance).", show_default=False,
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the preprocessed-image cache."),
     queue_size: Optional[int] = typer.Option(  # noqa: UP007
-        None, "--queue-size", min=1,
+        None, "--queue-size", min=1, metavar="N",
         help="Images waiting for inference at most (default: max(2 x batch x GPUs, workers + batch)).",
+        show_default=False,
     ),
     threads: Optional[int] = typer.Option(  # noqa: UP007
-        None, "--threads", min=1, help="torch CPU threads per inference process (default: torch's choice)."
+        None, "--threads", min=1, metavar="N",
+        help="torch CPU threads per inference process (default: torch's choice).", show_default=False,
     ),
 ) -> None:
     """Predict a whole release: parallel preprocessing, batched inference, resumable.
 
-    Each finished subject is recorded in OUT_DIR/records at once; running the
+    Each finished subject is recorded in FOLDER/records at once; running the
     same command again (after a crash, Ctrl-C or kill -9) does only what is
-    left. At the end OUT_DIR holds predictions.csv and predictions.json (as
-    `mimir predict` writes them, sorted by subject), errors.csv and run.json.
-    Exit code 0: all predicted; 2: some failed (see errors.csv); 1: the run
-    could not proceed.
+    left. At the end FOLDER holds predictions.csv and predictions.json (as
+    mimir predict writes them, sorted by subject; columns: docs/outputs.md),
+    errors.csv and run.json. Exit code 2 whenever a subject failed, even if
+    all did: errors.csv is then the product.
+
+    Example: [bold]mimir batch /data/ukb/20201 -o out/ -m module_bodycomp --gpu 0[/]
     """
     from mimir.batch.progress import LogMonitor, Monitor, RichMonitor
     from mimir.batch.runner import BatchOptions, execute
 
+    out_dir: Path = pick_output(output, out_alias, required=True)
     opts = BatchOptions(
-        input=input, out_dir=str(out_dir), modules=module or None, device=device, gpus=_parse_gpus(gpu),
+        input=input, out_dir=str(out_dir), modules=module or None, device=device, gpus=parse_gpus(gpu),
         precision=precision, workers=workers, batch_size=batch_size, level=ci, retry_failed=retry_failed,
         num_shards=num_shards, shard_index=shard_index, engine=engine, address=address, cache=not no_cache,
-        queue_size=queue_size, threads=threads,
+        queue_size=queue_size, threads=threads, csv_layout=csv_format,
     )
     monitor: Monitor = RichMonitor(err_console) if err_console.is_terminal else LogMonitor(err_console)
     try:
         result = execute(opts, monitor)
     except KeyboardInterrupt:
-        report_error("interrupted; every finished subject is recorded: run the same command again to resume")
+        report_error(interrupted_message(monitor.done_before, monitor.processed, out_dir))
         raise typer.Exit(130) from None
 
     if result.processed == 0 and result.done_before:
-        console.print(f"nothing to do: all {result.done_before} subject(s) already done", highlight=False)
-    console.print(
+        say(f"nothing to do: all {result.done_before} subject(s) already done")
+    say(
         f"{result.predicted} predicted, {result.failed} failed, {result.unfinished} unfinished "
         f"of {result.subjects} subject(s); {result.processed} processed in {result.wall_s:.1f} s "
-        f"({result.throughput:.2f} subjects/s); outputs in {out_dir}",
-        highlight=False,
+        f"({result.throughput:.2f} subjects/s); outputs in {out_dir}"
     )
     if result.unfinished:
         report_warning(f"{result.unfinished} subject(s) are unfinished; run the same command again to do them")
     if result.failed:
-        err_console.print(f"{result.failed} subject(s) failed: see {out_dir / 'errors.csv'}", highlight=False)
+        say(f"{result.failed} subject(s) failed: see {out_dir / 'errors.csv'}", stderr=True)
     raise typer.Exit(result.exit_code)
 
 
-@app.command("merge")
+def interrupted_message(done_before: int, processed: int, out_dir: Path) -> str:
+    """The Ctrl-C line: how many subjects are recorded (before and in this run), and how to resume."""
+    recorded = done_before + processed
+    if recorded == 0:
+        return f"interrupted before any subject was recorded in {out_dir}; run the same command again to start"
+    this_run = f" ({processed} in this run)" if done_before else ""
+    return (
+        f"interrupted; {recorded} subject(s) are recorded in {out_dir / 'records'}{this_run}: "
+        "run the same command again to do the rest"
+    )
+
+
+@app.command("merge", epilog=EXIT_CODES_HELP)
 @handle_errors
 def merge_cmd(
-    out_dirs: list[Path] = typer.Argument(..., metavar="OUT_DIR...", help="Output folders of the shards."),
-    output: Path = typer.Option(..., "-o", "--out", help="Folder for the merged outputs."),
+    out_dirs: list[Path] = typer.Argument(
+        ..., metavar="FOLDER...", help="Output folders of the shards (or runs).", show_default=False
+    ),
+    output: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "-o", "--output", metavar="FOLDER", help="Folder for the merged outputs. Required.", show_default=False
+    ),
+    out_alias: Optional[Path] = typer.Option(None, "--out", hidden=True),  # noqa: UP007 (old spelling)
     input: Optional[str] = typer.Option(  # noqa: A002, UP007
-        None, "--input",
+        None, "--input", metavar="INPUT",
         help="Also check against this INPUT (folder or list): every subject in it must be accounted for.",
+        show_default=False,
     ),
 ) -> None:
     """Combine the output folders of shards (or of several runs) into one.
@@ -132,16 +162,16 @@ def merge_cmd(
     """
     from mimir.batch.merge import merge_outputs
 
+    output = pick_output(output, out_alias, required=True)
     result = merge_outputs([str(d) for d in out_dirs], str(output), input=input)
     for problem in result.problems:
         report_warning(problem)
     if result.missing:
         shown = ", ".join(result.missing[:10]) + (" ..." if len(result.missing) > 10 else "")
         report_error(f"{len(result.missing)} subject(s) neither predicted nor failed: {shown} (see missing.csv)")
-    console.print(
+    say(
         f"merged {len(out_dirs)} folder(s): {result.predicted} predicted, {result.failed} failed, "
-        f"{len(result.missing)} missing; outputs in {output}",
-        highlight=False,
+        f"{len(result.missing)} missing; outputs in {output}"
     )
     raise typer.Exit(result.exit_code)
 

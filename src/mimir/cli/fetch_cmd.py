@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from mimir.cli.app import (
+    EXIT_CODES_HELP,
     app,
     console,
     err_console,
@@ -17,18 +18,21 @@ from mimir.cli.app import (
 from mimir.errors import EXIT_ERROR, EXIT_PARTIAL
 
 
-@app.command("fetch-weights")
+@app.command("fetch-weights", epilog=EXIT_CODES_HELP)
 @handle_errors
 def fetch_weights_cmd(
     names: Optional[list[str]] = typer.Argument(  # noqa: UP007 (typer needs Optional)
-        None, metavar="NAMES", help="Modules of the weights manifest (default: all of them)."
+        None, metavar="NAME...", help="Modules of the weights manifest (default: all of them).", show_default=False
     ),
     manifest: Optional[str] = typer.Option(  # noqa: UP007
-        None, "--manifest", help="Use this manifest (file or http(s) URL) instead of the packaged one."
+        None, "--manifest", metavar="FILE|URL",
+        help="Use this manifest (file or http(s) URL) instead of the packaged one.", show_default=False,
     ),
     source: Optional[list[str]] = typer.Option(  # noqa: UP007
         None,
         "--from",
+        metavar="PATH",
+        show_default=False,
         help="Import from a local zip or folder (our format, or the original MIMIR format, converted). "
         "A single NAME sets the installed name.",
     ),
@@ -74,7 +78,15 @@ def fetch_weights_cmd(
         raise typer.Exit(EXIT_ERROR if len(failed) == len(report.outcomes) else EXIT_PARTIAL)
 
 
+def _source_text(entry) -> str:  # noqa: ANN001
+    """Where a manifest entry comes from: built in, a download, or a page that needs a browser."""
+    if entry.extra.get("builtin"):
+        return "built-in"
+    return "download" if entry.downloadable else "manual (browser)"
+
+
 def _print_list(entries) -> None:  # noqa: ANN001
+    from rich.markup import escape
     from rich.table import Table
 
     from mimir.models.registry import scan_modules
@@ -88,13 +100,16 @@ def _print_list(entries) -> None:  # noqa: ANN001
         names.add(e.name)
         have = installed.get(e.name)
         table.add_row(
-            e.name,
-            e.version,
+            escape(e.name),
+            escape(e.version),
             str(len(e.targets)),
             have.version if have else "-",
-            "download" if e.downloadable else "manual (browser)",
+            _source_text(e),
         )
     for name, spec in installed.items():
         if name not in names:
-            table.add_row(name, spec.version, str(spec.num_targets), spec.version, "built-in" if spec.builtin else "local")
+            table.add_row(
+                escape(name), escape(spec.version), str(spec.num_targets), escape(spec.version),
+                "built-in" if spec.builtin else "local",
+            )
     console.print(table)

@@ -7,84 +7,141 @@ from typing import Optional
 
 import typer
 
-from mimir.cli.app import app, console, err_console, handle_errors, report_error
+from mimir.cli.app import (
+    EXIT_CODES_HELP,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    parse_gpus,
+    pick_output,
+    report_error,
+    report_warning,
+    say,
+)
 from mimir.errors import EXIT_ERROR, EXIT_PARTIAL, UsageError
 
-_INPUT_SUFFIXES = (".zip", ".npy")
 
+def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(files to predict, [(path, reason), ...] refused) for the INPUT arguments.
 
-def _expand(inputs: list[str]) -> list[str]:
-    """Files as given; a folder stands for its ``*.zip`` and ``*.npy`` files (sorted)."""
-    out: list[str] = []
+    Files are taken as given; a folder stands for the subject files found in
+    it and its subfolders, exactly as ``mimir batch`` searches
+    (``*_20201_*_*.zip`` and ``.npy``, see :mod:`mimir.batch.inputs`). Two
+    inputs with the same subject name are both refused, naming each other,
+    as ``mimir batch`` does.
+    """
+    from mimir.batch.inputs import collect, list_paths
+
+    paths: list[str] = []
     for text in inputs:
-        p = Path(text)
-        if p.is_dir():
-            found = sorted(str(c) for c in p.iterdir() if c.is_file() and c.suffix.lower() in _INPUT_SUFFIXES)
+        if Path(text).is_dir():
+            found = list_paths(text)
             if not found:
-                raise UsageError("holds no .zip or .npy files", path=text)
-            out.extend(found)
+                raise UsageError(
+                    "holds no subject zips (*_20201_*_*.zip) or .npy images, in it or its subfolders", path=text
+                )
+            paths.extend(found)
         else:
-            out.append(text)
-    return out
+            paths.append(text)
+    unique = list(dict.fromkeys(paths))  # the same path given twice is one input
+    named = collect(unique)
+    refused = [(q.path, q.message) for q in named.problems]
+    bad = {q.path for q in named.problems}
+    return [p for p in unique if p not in bad], refused
 
 
-@app.command("predict")
+@app.command("predict", epilog=EXIT_CODES_HELP)
 @handle_errors
 def predict_cmd(
     inputs: list[str] = typer.Argument(
-        ..., metavar="INPUT", help="Subject zips (field 20201) or .npy images; a folder means its .zip/.npy files."
+        ..., metavar="INPUT...",
+        help="Subject zips (field 20201) or .npy images; a folder means the *_20201_*_*.zip and .npy files "
+        "in it and its subfolders (as mimir batch searches).",
+        show_default=False,
     ),
     module: Optional[list[str]] = typer.Option(  # noqa: UP007 (typer needs Optional)
-        None, "-m", "--module", help="Module name or folder (repeatable). Default: every installed module."
+        None, "-m", "--module", metavar="MODULE",
+        help="Module name or folder (repeatable; columns follow this order). Default: every installed module "
+        "except the synthetic demo.",
+        show_default=False,
     ),
     output: Optional[Path] = typer.Option(  # noqa: UP007
-        None, "-o", "--output", help="Write results to this .csv or .json file (default: a table on screen)."
+        None, "-o", "--output", metavar="FILE",
+        help="Write results to this .csv or .json file (default: a table on screen).", show_default=False,
     ),
-    ci: float = typer.Option(0.95, "--ci", help="Confidence level of the intervals, between 0 and 1."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    gpu: Optional[int] = typer.Option(None, "--gpu", help="Short for --device cuda:N."),  # noqa: UP007
+    out_alias: Optional[Path] = typer.Option(None, "--out", hidden=True),  # noqa: UP007 (old spelling)
+    csv_format: str = typer.Option(
+        "wide", "--format", metavar="wide|long",
+        help="CSV layout: wide (one row per subject) or long (one row per subject and target).",
+    ),
+    ci: float = typer.Option(0.95, "--ci", metavar="LEVEL", help="Confidence level of the intervals, between 0 and 1."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
+    gpu: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--gpu", metavar="N", help="GPU index: short for --device cuda:N.", show_default=False
+    ),
     precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 + channels_last on CUDA, fp32 elsewhere), fp32 or bf16."
+        "auto", "--precision", metavar="auto|fp32|bf16",
+        help="auto (bf16 + channels_last on CUDA, fp32 elsewhere), fp32 or bf16.",
     ),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, metavar="N", help="Images per forward pass."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the preprocessed-image cache."),
     threads: Optional[int] = typer.Option(  # noqa: UP007
-        None, "--threads", min=1, help="CPU threads for torch (default: torch's choice, usually one per core)."
+        None, "--threads", min=1, metavar="N",
+        help="CPU threads for torch (default: torch's choice, usually one per core).", show_default=False,
     ),
 ) -> None:
     """Predict every target of the chosen modules, with confidence intervals.
 
     Prints a table per subject, or writes one CSV row (or JSON object) per
-    subject with -o. Unreadable inputs are reported one line each; the others
-    are still predicted and written (exit code 2 when some failed, 1 when all did).
+    subject with -o (columns: docs/outputs.md). Unreadable inputs are reported
+    one line each; the others are still predicted and written (exit code 2
+    when some failed, 1 when all did).
+
+    Example: [bold]mimir predict zips/ -m module_bodycomp -o predictions.csv[/]
     """
     from mimir.inference.predictions import z_value
     from mimir.inference.predictor import Predictor
-    from mimir.outputs.writers import output_format, render_tables, write_results
+    from mimir.outputs.writers import check_layout, output_format, render_tables, write_results
 
+    output = pick_output(output, out_alias)
     try:
         z_value(ci)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    check_layout(csv_format)
     if output is not None:
         output_format(output)  # fail on a bad extension before any work
+        check_layout(csv_format, output)
         if output.is_dir():
             raise UsageError("is a folder", path=str(output), hint="Give a .csv or .json file name.")
-    files = _expand(inputs)
+    elif csv_format != "wide":
+        raise UsageError("--format applies to a CSV file", hint="Add -o FILE.csv.")
+    gpus = parse_gpus(gpu, single=True)
+    files, refused = expand_inputs(inputs)
+    for path, reason in refused:
+        report_error(f"{path}: {reason}")
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
 
-    predictor = Predictor(module or None, device=device, gpu=gpu, precision=precision, batch_size=batch_size, level=ci)
-    failed = 0
+    total = len(files) + len(refused)
+    if not files:
+        report_error(f"none of the {total} input(s) could be predicted; nothing written")
+        raise typer.Exit(EXIT_ERROR)
+    predictor = Predictor(
+        module or None, device=device, gpu=gpus[0] if gpus else None, precision=precision, batch_size=batch_size,
+        level=ci,
+    )
+    failed = len(refused)
 
     def on_error(rec) -> None:  # noqa: ANN001
         nonlocal failed
         failed += 1
         report_error(rec.error or f"{rec.source}: failed")
 
-    if len(files) > batch_size and err_console.is_terminal:
+    if len(files) > 1 and err_console.is_terminal:
         from rich.progress import Progress
 
         with Progress(console=err_console, transient=True) as bar:
@@ -97,15 +154,19 @@ def predict_cmd(
 
     ok = [r for r in results if r.ok]
     if not ok:
-        report_error(f"none of the {len(results)} input(s) could be predicted; nothing written")
+        report_error(f"none of the {total} input(s) could be predicted; nothing written")
         raise typer.Exit(EXIT_ERROR)
     if output is None:
         render_tables(ok, console)
     else:
-        write_results(output, ok, predictor.layout)
-        console.print(
-            f"wrote {len(ok)} subject(s) x {len(predictor.layout)} target(s) to {output}", highlight=False
-        )
+        write_results(output, ok, predictor.layout, csv_layout=csv_format)
+        say(f"wrote {len(ok)} subject(s) x {len(predictor.layout)} target(s) to {output}")
+        demos = [s.name for s in predictor.modules if s.synthetic]
+        if demos:
+            report_warning(
+                f"{', '.join(demos)} is a synthetic demonstration module: its rows are marked "
+                "intended_use=synthetic-demo and mean nothing for real UK Biobank images"
+            )
     if failed:
-        err_console.print(f"{failed} of {len(results)} input(s) failed (see above)", highlight=False)
+        say(f"{failed} of {total} input(s) failed (see above)", stderr=True)
         raise typer.Exit(EXIT_PARTIAL)

@@ -8,18 +8,29 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from mimir.cli.app import app, console, handle_errors, report_error, report_warning
+from typing import Optional
+
+from rich.markup import escape
+
+from mimir.cli.app import EXIT_CODES_HELP, app, console, handle_errors, pick_output, report_error, report_warning
 from mimir.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, InputError
 from mimir.utils import atomic
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 @handle_errors
 def preprocess(
-    zips: list[Path] = typer.Argument(..., help="Subject zips (UK Biobank field 20201).", show_default=False),
-    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for <zip stem>.npy (and .png)."),
+    zips: list[Path] = typer.Argument(
+        ..., metavar="ZIP...", help="Subject zips (UK Biobank field 20201).", show_default=False
+    ),
+    output: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "-o", "--output", metavar="FOLDER",
+        help="Folder for <zip stem>.npy (and .png) [default: the current folder].", show_default=False,
+    ),
+    out_alias: Optional[Path] = typer.Option(None, "--out", hidden=True),  # noqa: UP007 (old spelling)
     png: bool = typer.Option(False, "--png", help="Also write a preview PNG of the three channels."),
-    cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the image cache (MIMIR_CACHE)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the preprocessed-image cache."),
+    cache_alias: bool = typer.Option(True, "--cache", hidden=True),  # old spelling, the default
 ) -> None:
     """Turn subject zips into 3 x 256 x 256 uint8 images (water, fat, fat fraction).
 
@@ -28,6 +39,8 @@ def preprocess(
     from mimir.outputs.preview import write_preview
     from mimir.preprocessing.pipeline import preprocess as run_pipeline
 
+    out = pick_output(output, out_alias) or Path(".")
+    cache = not no_cache
     failed = 0
     for zip_path in zips:
         started = time.perf_counter()
@@ -46,7 +59,7 @@ def preprocess(
             write_preview(out / f"{stem}.png", image)
             written.append(str(out / f"{stem}.png"))
         console.print(
-            f"[green]ok[/] {zip_path.name} -> {', '.join(written)} "
+            f"[green]ok[/] {escape(zip_path.name)} -> {escape(', '.join(written))} "
             f"[dim]({time.perf_counter() - started:.2f} s)[/]",
             highlight=False,
             soft_wrap=True,

@@ -4,57 +4,75 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from mimir.cli.app import app, console, handle_errors
+from mimir.cli.app import EXIT_CODES_HELP, app, console, err_console, handle_errors, pick_output, say
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 @handle_errors
 def synth(
-    out: Path = typer.Argument(..., help="Folder for the zips and truth files (created if missing).",
-                               show_default=False),
-    n: int = typer.Option(1, "--n", "-n", min=1, help="Number of subjects."),
-    seed: int = typer.Option(0, "--seed", "-s", min=0, help="Seed of the first subject (subject i uses seed + i)."),
-    variant: str | None = typer.Option(
-        None, "--variant", "-v", help="Irregularity to build in (see below); default: a regular zip.",
-        show_default=False),
+    output: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "-o", "--output", metavar="FOLDER",
+        help="Folder for the zips and truth files (created if missing). Required.", show_default=False,
+    ),
+    folder: Optional[Path] = typer.Argument(  # noqa: UP007 (the old positional spelling of -o)
+        None, metavar="FOLDER", hidden=True, show_default=False,
+    ),
+    n: int = typer.Option(1, "--n", "-n", min=1, metavar="N", help="Number of subjects."),
+    seed: int = typer.Option(0, "--seed", min=0, metavar="N", help="Seed of the first subject (subject i uses seed + i)."),
+    variant: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--variant", metavar="VARIANT", help="Irregularity to build in (see below); default: a regular zip.",
+        show_default=False,
+    ),
     small: bool = typer.Option(False, "--small", help="Reduced size (64 columns, 12-18 slices per station) "
                                                       "for fast tests."),
 ) -> None:
-    """Generate synthetic subjects: [bold]{eid}_20201_2_0.zip[/] plus [bold]{eid}.truth.json[/].
+    """Generate synthetic subjects: <eid>_20201_2_0.zip plus <eid>.truth.json.
 
     The same seed always gives the same bytes; eid = 1000000 + seed.
     Variants: rescan, missing_slice, wf_shape_mismatch, no_manifest, manifest_csv,
     fat_water_swap, truncated, wf_position_mismatch, missing_station, no_overlap, no_dicom.
 
-    Example: [bold]mimir synth data/ --n 10 --seed 0 --small[/]
+    Example: [bold]mimir synth -o data/ --n 10 --seed 0 --small[/]
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from mimir.synth import default_eid, generate_subject
 
+    out = pick_output(output, folder, required=True)
     default_eid(seed + n - 1)  # range check before writing anything
-    table = Table(title=f"synthetic subjects written to {out}", title_justify="left")
+    table = Table(title=escape(f"synthetic subjects written to {out}"), title_justify="left")
     for col in ("eid", "sex", "kg", "cm", "VAT L", "ASAT L", "liver %", "thigh L", "zip MB"):
         table.add_column(col, justify="left" if col == "sex" else "right", no_wrap=True)
     started = time.perf_counter()
     subjects = []
-    for i in range(n):
-        sub = generate_subject(out, seed + i, variant=variant, small=small)
-        subjects.append(sub)
-        t = sub.truth
-        table.add_row(
-            str(t["eid"]), str(t["sex"]), f"{t['weight_kg']:.1f}", f"{t['height_cm']:.1f}",
-            f"{t['vat_volume_l']:.2f}", f"{t['asat_volume_l']:.2f}", f"{t['liver_fat_percent']:.1f}",
-            f"{t['thigh_muscle_volume_l']:.2f}", f"{sub.zip_path.stat().st_size / 1e6:.1f}",
-        )
+    bar = Progress(
+        TextColumn("drawing subjects"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=err_console, transient=True, disable=not err_console.is_terminal,
+    )
+    with bar:
+        task = bar.add_task("synth", total=n)
+        for i in range(n):
+            sub = generate_subject(out, seed + i, variant=variant, small=small)
+            subjects.append(sub)
+            bar.advance(task)
+            t = sub.truth
+            table.add_row(
+                str(t["eid"]), str(t["sex"]), f"{t['weight_kg']:.1f}", f"{t['height_cm']:.1f}",
+                f"{t['vat_volume_l']:.2f}", f"{t['asat_volume_l']:.2f}", f"{t['liver_fat_percent']:.1f}",
+                f"{t['thigh_muscle_volume_l']:.2f}", f"{sub.zip_path.stat().st_size / 1e6:.1f}",
+            )
     console.print(table)
     for sub in subjects:
-        console.print(f"  {sub.zip_path}  {sub.truth_path.name}", highlight=False, soft_wrap=True)
+        say(f"  {sub.zip_path}  {sub.truth_path.name}")
     kind = f"variant {variant}" if variant else "regular"
     console.print(
-        f"[green]wrote[/] {n} {kind}{' small' if small else ''} subject(s) "
+        f"[green]wrote[/] {n} {escape(kind)}{' small' if small else ''} subject(s) "
         f"[dim]({time.perf_counter() - started:.1f} s)[/]",
         highlight=False,
     )

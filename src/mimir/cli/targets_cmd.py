@@ -6,14 +6,14 @@ import json
 
 import typer
 
-from mimir.cli.app import app, console, handle_errors
+from mimir.cli.app import EXIT_CODES_HELP, app, console, handle_errors
 
 
 def _f(x: float | int | None, fmt: str = "{:g}") -> str:
     return "" if x is None else fmt.format(x)
 
 
-@app.command("list-targets")
+@app.command("list-targets", epilog=EXIT_CODES_HELP)
 @handle_errors
 def list_targets_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (a list of targets) instead of a table."),
@@ -67,7 +67,7 @@ def list_targets_cmd(
             if i.modules:
                 where = f"[green]{escape(', '.join(i.modules))}[/]"
             elif i.available_in:
-                where = f"[dim]({', '.join(i.available_in)})[/]"
+                where = f"[dim]({escape(', '.join(i.available_in))})[/]"
             else:
                 where = ""
             rows.append([escape(i.name), _f(i.field, "{}"), escape(i.unit), *(values[c] for c in figures), where])

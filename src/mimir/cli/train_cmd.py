@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from mimir.cli.app import app, console, err_console, handle_errors
+from mimir.cli.app import EXIT_CODES_HELP, app, console, err_console, handle_errors, say
 
 
 class _RichProgress:
@@ -66,7 +66,7 @@ class _RichProgress:
             state["task"] = self.bar.add_task(label, total=iterations, completed=start_iteration, loss="", speed="")
         else:
             resumed = f" (resumed at iteration {start_iteration})" if start_iteration else ""
-            err_console.print(f"training {label}{resumed}", highlight=False, soft_wrap=True)
+            err_console.print(f"training {label}{resumed}", highlight=False, soft_wrap=True, markup=False)
 
     def step(self, job: Any, iteration: int, loss: float) -> None:
         state = self.jobs[job.index]
@@ -98,10 +98,10 @@ class _RichProgress:
         if self.live:
             self.bar.remove_task(state["task"])
         else:
-            err_console.print(f"finished {state['label']} in {seconds / 60:.1f} min", highlight=False, soft_wrap=True)
+            err_console.print(f"finished {state['label']} in {seconds / 60:.1f} min", highlight=False, soft_wrap=True, markup=False)
 
     def message(self, text: str) -> None:
-        err_console.print(text, highlight=False, soft_wrap=True)
+        err_console.print(text, highlight=False, soft_wrap=True, markup=False)
 
     def loading(self, done: int, total: int) -> None:
         if self.live:
@@ -112,7 +112,7 @@ class _RichProgress:
             if done == total:
                 self.bar.remove_task(self.load_task)
         elif done == total or done % 500 == 0:
-            err_console.print(f"loaded {done}/{total} images", highlight=False)
+            err_console.print(f"loaded {done}/{total} images", highlight=False, markup=False)
 
     def close(self) -> None:
         if self.live:
@@ -127,59 +127,86 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if abs(v) >= 1000 else f"{v:.{digits}f}"
 
 
-@app.command("train")
+@app.command("train", epilog=EXIT_CODES_HELP)
 @handle_errors
 def train_cmd(
     images: Path = typer.Argument(
-        ..., help="Folder of .npy images (mimir preprocess) or subject zips (preprocessed on the fly).", show_default=False
+        ..., metavar="IMAGES",
+        help="Folder of .npy images (mimir preprocess) or subject zips (preprocessed on the fly).", show_default=False,
     ),
     targets_csv: Path = typer.Argument(
-        ..., metavar="TARGETS.csv", help="'name' column (image file stems), then one column per target; empty = missing.",
+        ..., metavar="TARGETS.csv",
+        help="A 'name' column (image file stems) or an 'eid' column (UK Biobank participant id), then one "
+        "column per target; empty = missing.",
         show_default=False,
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="Module folder to write.", show_default=False),
-    name: Optional[str] = typer.Option(None, "--name", help="Module name (default: the output folder's name)."),  # noqa: UP007
-    version: str = typer.Option("1.0", "--version", help="Module version recorded in module.json."),
-    members: int = typer.Option(5, "--members", "-k", min=1, help="Ensemble members (they differ by seed)."),
-    arch: str = typer.Option("resnet50", "--arch", help="Network architecture (resnet50)."),
-    width: int = typer.Option(64, "--width", min=1, help="Stem channels; 64 is torchvision's ResNet50, 8 a slim one."),
-    iterations: int = typer.Option(6000, "--iterations", "-i", min=1, help="Iterations per member."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per iteration."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (divided by 10 for the last fifth)."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction held out for validation and calibration."),
-    folds: Optional[int] = typer.Option(  # noqa: UP007
-        None, "--folds", help="Calibrate on out-of-fold predictions of K folds instead (then train on everything)."
+    output: Path = typer.Option(
+        ..., "-o", "--output", metavar="FOLDER", help="Module folder to write. Required.", show_default=False
     ),
-    max_shift: int = typer.Option(16, "--max-shift", min=0, help="Largest random translation in pixels."),
+    name: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--name", metavar="NAME", help="Module name (default: the output folder's name).", show_default=False
+    ),
+    version: str = typer.Option("1.0", "--version", metavar="VERSION", help="Module version recorded in module.json."),
+    members: int = typer.Option(5, "--members", "-k", min=1, metavar="N", help="Ensemble members (they differ by seed)."),
+    arch: str = typer.Option("resnet50", "--arch", metavar="resnet50", help="Network architecture (resnet50)."),
+    width: int = typer.Option(
+        64, "--width", min=1, metavar="N", help="Stem channels; 64 is torchvision's ResNet50, 8 a slim one."
+    ),
+    iterations: int = typer.Option(6000, "--iterations", "-i", min=1, metavar="N", help="Iterations per member."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, metavar="N", help="Images per iteration."),
+    lr: float = typer.Option(1e-3, "--lr", metavar="RATE", help="Adam learning rate (divided by 10 for the last fifth)."),
+    val_fraction: float = typer.Option(
+        0.2, "--val-fraction", metavar="FRACTION", help="Fraction held out for validation and calibration."
+    ),
+    folds: Optional[int] = typer.Option(  # noqa: UP007
+        None, "--folds", metavar="K",
+        help="Calibrate on out-of-fold predictions of K folds instead (then train on everything).", show_default=False,
+    ),
+    max_shift: int = typer.Option(16, "--max-shift", min=0, metavar="PIXELS", help="Largest random translation in pixels."),
     calibration: str = typer.Option(
-        "auce", "--calibration",
+        "auce", "--calibration", metavar="auce|ci95|nll",
         help="Fit the variance factor to: auce (all interval levels), ci95 (the 95 % interval) or nll (likelihood).",
     ),
     units: Optional[list[str]] = typer.Option(  # noqa: UP007
-        None, "--units", help="Units, e.g. 'weight_kg=kg,vat=L' (default: from the name's suffix)."
+        None, "--units", metavar="TARGET=UNIT,...",
+        help="Units, e.g. 'weight_kg=kg,vat=L' (default: from the name's suffix).", show_default=False,
     ),
     fields: Optional[list[str]] = typer.Option(  # noqa: UP007
-        None, "--fields", help="UK Biobank field ids, e.g. 'weight=21002'."
+        None, "--fields", metavar="TARGET=FIELD,...", help="UK Biobank field ids, e.g. 'weight=21002'.",
+        show_default=False,
     ),
     target_info: Optional[Path] = typer.Option(  # noqa: UP007
-        None, "--target-info", help="CSV with columns name,unit,field describing the targets."
+        None, "--target-info", metavar="FILE", help="CSV with columns name,unit,field describing the targets.",
+        show_default=False,
     ),
-    description: str = typer.Option("", "--description", help="Description recorded in module.json."),
-    intended_use: str = typer.Option("", "--intended-use", help="Intended use recorded in module.json."),
+    description: str = typer.Option("", "--description", metavar="TEXT", help="Description recorded in module.json."),
+    intended_use: str = typer.Option(
+        "research", "--intended-use", metavar="research|synthetic-demo",
+        help="Recorded in module.json; a synthetic-demo module is applied only when named with -m.",
+    ),
+    intended_use_note: str = typer.Option(
+        "", "--intended-use-note", metavar="TEXT", help="What the module is for, in words (module.json)."
+    ),
     init: Optional[Path] = typer.Option(  # noqa: UP007
-        None, "--init", help="Start from a torchvision-format ResNet50 state dict (its width, 64 for ImageNet weights; fc is not loaded)."
+        None, "--init", metavar="FILE",
+        help="Start from a torchvision-format ResNet50 state dict (its width, 64 for ImageNet weights; fc is not loaded).",
+        show_default=False,
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
     threads: Optional[int] = typer.Option(  # noqa: UP007
-        None, "--threads", min=1, help="CPU threads for torch (per worker with --workers)."
+        None, "--threads", min=1, metavar="N", help="CPU threads for torch (per worker with --workers).",
+        show_default=False,
     ),
     workers: int = typer.Option(
-        1, "--workers", min=1, help="Networks trained at once, one process each (CPU: up to one per core)."
+        1, "--workers", min=1, metavar="N", help="Networks trained at once, one process each (CPU: up to one per core)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of splits, initialisation, batches and augmentation."),
-    checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=1, help="Iterations between checkpoints."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of splits, initialisation, batches and augmentation."),
+    checkpoint_every: int = typer.Option(
+        100, "--checkpoint-every", min=1, metavar="N", help="Iterations between checkpoints."
+    ),
     work_dir: Optional[Path] = typer.Option(  # noqa: UP007
-        None, "--work-dir", help="Checkpoint folder (default: .<output>.train beside the output)."
+        None, "--work-dir", metavar="FOLDER", help="Checkpoint folder (default: .<output>.train beside the output).",
+        show_default=False,
     ),
     restart: bool = typer.Option(False, "--restart", help="Discard checkpoints of an earlier run and start afresh."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep the checkpoint folder afterwards."),
@@ -195,7 +222,12 @@ def train_cmd(
     """
     import torch
 
+    from mimir.errors import UsageError
+    from mimir.models.modules import INTENDED_USES
     from mimir.training import train_module
+
+    if intended_use not in INTENDED_USES:
+        raise UsageError(f"--intended-use must be one of {', '.join(INTENDED_USES)}, got {intended_use!r}")
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -221,6 +253,7 @@ def train_cmd(
             version=version,
             description=description,
             intended_use=intended_use,
+            intended_use_note=intended_use_note,
             arch=arch,
             width=width,
             members=members,
@@ -243,18 +276,19 @@ def train_cmd(
 
 
 def _print_summary(result: Any, seconds: float) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     spec = result.spec
     if result.metrics:
-        table = Table(title=f"{spec.name}: held-out validation", title_justify="left")
+        table = Table(title=escape(f"{spec.name}: held-out validation"), title_justify="left")
         for col in ("target", "unit", "N", "MAE", "R2", "ICC", "MAPE %", "cov95 raw", "cov95 cal", "factor"):
             table.add_column(col, justify="left" if col in ("target", "unit") else "right")
         for t in spec.targets:
             m = result.metrics.get(t.name, {})
             table.add_row(
-                t.name,
-                t.unit,
+                escape(t.name),
+                escape(t.unit),
                 _fmt(m.get("n")),
                 _fmt(m.get("mae")),
                 _fmt(m.get("r2")),
@@ -267,11 +301,10 @@ def _print_summary(result: Any, seconds: float) -> None:
         console.print(table)
     else:
         console.print("no subjects held out: calibration factors are 1 and no validation metrics were recorded")
-    console.print(
+    say(
         f"wrote module {spec.name} ({len(spec.members)} member(s), width {spec.width}) to {spec.path} "
         f"in {seconds / 60:.1f} min ({_fmt(result.iterations_per_second, 2)} it/s, "
         f"{_fmt(result.images_per_second, 1)} img/s"
-        f"{f' per network, {result.workers} at once' if result.workers > 1 else ''})",
-        highlight=False,
+        f"{f' per network, {result.workers} at once' if result.workers > 1 else ''})"
     )
-    console.print(f"use it: mimir predict -m {spec.path} IMAGES...   install it: mimir fetch-weights --from {spec.path}")
+    say(f"use it: mimir predict -m {spec.path} IMAGES...   install it: mimir fetch-weights --from {spec.path}")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
@@ -133,8 +133,10 @@ def interval(
 class OutputTarget:
     """One predicted target as it appears in the outputs of a run.
 
-    ``key`` is the target name, or ``<module>.<name>`` when two modules of the
-    same run predict a target of the same name.
+    ``key`` is the target name, or ``<module>.<name>`` when an earlier module
+    of the same run (in request order) already predicts a target of that name
+    (see :func:`layout_for`). ``intended_use`` is the module's: ``research`` or
+    ``synthetic-demo``.
     """
 
     key: str
@@ -143,6 +145,7 @@ class OutputTarget:
     field: int | None
     module: str
     module_version: str
+    intended_use: str = "research"
     #: (low, high) the values the target can take, either None for unbounded; None: unbounded
     support: tuple[float | None, float | None] | None = None
 
@@ -182,8 +185,10 @@ class TargetPrediction:
             "level": self.level,
             "unit": t.unit,
             "field": t.field,
+            "target": t.name,
             "module": t.module,
             "module_version": t.module_version,
+            "intended_use": t.intended_use,
         }
 
 
@@ -219,17 +224,26 @@ class SubjectResult:
         return self.error is None
 
     def to_row(self, layout: Sequence[OutputTarget] | None = None) -> dict[str, Any]:
-        """One CSV row: ``name, eid, instance`` then four columns per target.
+        """One wide CSV row (the columns of :func:`csv_header`).
 
         With ``layout``, the columns follow it (targets this subject lacks are empty).
         """
+        targets = list(layout) if layout is not None else [p.target for p in self.predictions]
+        level = self.predictions[0].level if self.predictions else None
         row: dict[str, Any] = {
             "name": self.name,
             "eid": "" if self.eid is None else self.eid,
             "instance": "" if self.instance is None else self.instance,
+            "qc_status": self.qc_status or "",
+            "qc_flags": ";".join(self.qc_flags),
+            "ci_level": "" if level is None else repr(float(level)),
         }
+        for m in modules_of(targets):
+            score = self.ood_scores.get(m.module)
+            row[f"{m.module}_version"] = m.module_version
+            row[f"{m.module}_intended_use"] = m.intended_use
+            row[f"{m.module}_ood_score"] = "" if score is None else _csv_float(score)
         by_key = {p.target.key: p for p in self.predictions}
-        targets = layout if layout is not None else [p.target for p in self.predictions]
         for t in targets:
             cols = t.columns()
             p = by_key.get(t.key)
@@ -241,11 +255,20 @@ class SubjectResult:
         return row
 
     def to_json(self) -> dict[str, Any]:
-        """The subject as a JSON object: name, eid, instance, targets {key: {...}}."""
+        """The subject as a JSON object (see docs/outputs.md)."""
+        level = self.predictions[0].level if self.predictions else None
+        modules = {
+            m.module: {"version": m.module_version, "intended_use": m.intended_use}
+            for m in modules_of(p.target for p in self.predictions)
+        }
         return {
             "name": self.name,
             "eid": self.eid,
             "instance": self.instance,
+            "qc": {"status": self.qc_status, "flags": list(self.qc_flags)},
+            "ood_scores": {k: (None if v is None else _json_float(v)) for k, v in self.ood_scores.items()},
+            "ci_level": level,
+            "modules": modules,
             "targets": {p.target.key: p.to_json() for p in self.predictions},
         }
 
@@ -273,12 +296,80 @@ def set_ood_score(record: SubjectResult, module: str, score: float | None) -> No
             record.qc_status = "warn"
 
 
+#: The first columns of every wide CSV, in order.
+WIDE_LEAD = ["name", "eid", "instance", "qc_status", "qc_flags", "ci_level"]
+#: Per requested module, after :data:`WIDE_LEAD`: ``<module>`` + each suffix.
+MODULE_COLUMN_SUFFIXES = ("_version", "_intended_use", "_ood_score")
+#: The columns of the long (tidy) CSV: one row per subject x target.
+LONG_HEADER = [
+    "name", "eid", "instance", "qc_status", "qc_flags", "module", "module_version", "intended_use", "ood_score",
+    "target", "field", "unit", "mean", "variance", "sd", "ci_low", "ci_high", "level",
+]
+
+
+def modules_of(targets: Iterable[OutputTarget]) -> list[OutputTarget]:
+    """The first target of each module, in order (a stand-in for the module's name, version, use)."""
+    seen: dict[str, OutputTarget] = {}
+    for t in targets:
+        seen.setdefault(t.module, t)
+    return list(seen.values())
+
+
 def csv_header(layout: Sequence[OutputTarget]) -> list[str]:
-    """The CSV header for a run whose targets are ``layout``."""
-    header = ["name", "eid", "instance"]
+    """The wide CSV header for a run whose targets are ``layout`` (docs/outputs.md)."""
+    header = list(WIDE_LEAD)
+    for m in modules_of(layout):
+        header.extend(m.module + suffix for suffix in MODULE_COLUMN_SUFFIXES)
     for t in layout:
         header.extend(t.columns())
     return header
+
+
+def long_rows(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The long CSV rows (:data:`LONG_HEADER`) of one subject, from its JSON object (:meth:`SubjectResult.to_json`).
+
+    Numbers are written as Python's ``repr`` of the float (exact round trip);
+    empty cells are missing values (JSON ``null``: not finite, or not computed).
+    """
+    qc = obj.get("qc") or {}
+    ood = obj.get("ood_scores") or {}
+    lead = {
+        "name": obj.get("name", ""),
+        "eid": _cell(obj.get("eid")),
+        "instance": _cell(obj.get("instance")),
+        "qc_status": _cell(qc.get("status")),
+        "qc_flags": ";".join(qc.get("flags") or []),
+    }
+    rows = []
+    for key, t in (obj.get("targets") or {}).items():
+        module = t.get("module", "")
+        rows.append(
+            {
+                **lead,
+                "module": module,
+                "module_version": t.get("module_version", ""),
+                "intended_use": t.get("intended_use", ""),
+                "ood_score": _cell(ood.get(module)),
+                "target": t.get("target", key),
+                "field": _cell(t.get("field")),
+                "unit": t.get("unit", ""),
+                "mean": _cell(t.get("value")),
+                "variance": _cell(t.get("variance")),
+                "sd": _cell(t.get("sd")),
+                "ci_low": _cell(t.get("ci_low")),
+                "ci_high": _cell(t.get("ci_high")),
+                "level": _cell(t.get("level")),
+            }
+        )
+    return rows
+
+
+def _cell(x: Any) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return repr(x)
+    return str(x)
 
 
 def parse_subject_name(path: str | Path) -> tuple[str, int | None, int | None]:
@@ -290,26 +381,28 @@ def parse_subject_name(path: str | Path) -> tuple[str, int | None, int | None]:
     return name, None, None
 
 
-def layout_for(modules: Iterable[tuple[str, str, Sequence[tuple[Any, ...]]]]) -> list[OutputTarget]:
-    """Output targets for modules given as (name, version, [(target, unit, field[, support]), ...]).
+def layout_for(
+    modules: Iterable[tuple[str, str, Sequence[tuple[str, str, int | None]]] | tuple[str, str, Sequence[tuple[str, str, int | None]], str]],
+) -> list[OutputTarget]:
+    """Output targets for modules given as (name, version, [(target, unit, field[, support]), ...][, intended_use]).
 
-    A target name predicted by more than one module is keyed ``<module>.<name>``
-    for every module that predicts it, so no column is ever ambiguous.
+    Modules come in request order. A target keeps its plain name unless an
+    earlier module of the run already uses that name; then it is keyed
+    ``<module>.<name>``. So adding a module after the others never renames a
+    column of the modules before it, and the columns depend only on the
+    requested modules and their order.
     """
-    modules = list(modules)
-    counts: dict[str, int] = {}
-    for _, _, targets in modules:
-        for tname, *_ in targets:
-            counts[tname] = counts.get(tname, 0) + 1
     out = []
-    for mname, mversion, targets in modules:
+    used: set[str] = set()
+    for entry in modules:
+        mname, mversion, targets = entry[0], entry[1], entry[2]
+        use = entry[3] if len(entry) > 3 else "research"  # type: ignore[misc]
         for tname, unit, fid, *rest in targets:
-            key = tname if counts[tname] == 1 else f"{mname}.{tname}"
-            support = rest[0] if rest else None
+            key = tname if tname not in used else f"{mname}.{tname}"
+            used.add(tname)
             out.append(
-                OutputTarget(
-                    key=key, name=tname, unit=unit, field=fid, module=mname, module_version=mversion, support=support
-                )
+                OutputTarget(key=key, name=tname, unit=unit, field=fid, module=mname, module_version=mversion,
+                             intended_use=use, support=rest[0] if rest else None)
             )
     return out
 

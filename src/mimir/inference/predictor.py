@@ -47,21 +47,43 @@ IMAGE_SHAPE = (3, 256, 256)
 DEFAULT_BATCH = 16
 
 
+#: The one line shown when ``predict`` or ``batch`` find no module to apply by default.
+NO_MODULE_HINT = (
+    "Install the published MIMIR modules with mimir fetch-weights (mimir fetch-weights --list shows them); "
+    "to see the pipeline work on synthetic data, run mimir demo or pass -m phantom-demo."
+)
+
+
+def default_modules() -> list[ModuleSpec]:
+    """The modules applied when none are named: every installed module that is not a synthetic demo.
+
+    In name order (the registry's). Raises :class:`UsageError` with
+    :data:`NO_MODULE_HINT` when there is none.
+    """
+    from mimir.models.registry import scan_modules
+
+    scan = scan_modules()
+    for problem in scan.problems:
+        logging.getLogger("mimir").warning("skipping a broken module folder: %s", problem)
+    research = [s for s in scan.modules if not s.synthetic]
+    if not research:
+        demos = [s.name for s in scan.modules if s.synthetic]
+        have = f" (installed: only the synthetic demo module {', '.join(demos)})" if demos else ""
+        extra = f" ({len(scan.problems)} broken module folder(s): {scan.problems[0]})" if scan.problems else ""
+        raise UsageError(f"no research module is installed{have}{extra}", hint=NO_MODULE_HINT)
+    return research
+
+
 def resolve_modules(modules: Iterable[str | os.PathLike[str] | ModuleSpec] | None = None) -> list[ModuleSpec]:
-    """Module specs for names/paths/specs; ``None`` or empty means every installed module."""
-    from mimir.models.registry import get_module, scan_modules
+    """Module specs for names/paths/specs, in the order given (duplicates dropped).
+
+    ``None`` or empty means :func:`default_modules`: every installed module
+    that is not a synthetic demo (a demo module runs only when named).
+    """
+    from mimir.models.registry import get_module
 
     if not modules:
-        scan = scan_modules()
-        for problem in scan.problems:
-            logging.getLogger("mimir").warning("skipping a broken module folder: %s", problem)
-        if not scan.modules:
-            extra = f" ({len(scan.problems)} broken module folder(s): {scan.problems[0]})" if scan.problems else ""
-            raise UsageError(
-                f"no inference module is installed{extra}",
-                hint="Install one with mimir fetch-weights (see mimir fetch-weights --help).",
-            )
-        return scan.modules
+        return default_modules()
     out: list[ModuleSpec] = []
     for m in modules:
         spec = m if isinstance(m, ModuleSpec) else get_module(m)
@@ -69,6 +91,14 @@ def resolve_modules(modules: Iterable[str | os.PathLike[str] | ModuleSpec] | Non
             continue
         out.append(spec)
     return out
+
+
+def layout_of_specs(specs: Iterable[ModuleSpec]) -> list[OutputTarget]:
+    """The output targets (columns) of a run with these modules, in order; no weights are loaded."""
+    return layout_for(
+        (s.name, s.version, [(t.name, t.unit, t.field, t.support) for t in s.targets], s.intended_use)
+        for s in specs
+    )
 
 
 @dataclass
@@ -89,7 +119,7 @@ class Predictor:
     ----------
     modules:
         Module names, module folders or :class:`ModuleSpec` objects; ``None``
-        applies every installed module (built-in ones included).
+        applies every installed module that is not a synthetic demo.
     device, gpu:
         ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; ``gpu=N`` is ``cuda:N``.
     precision:
@@ -129,9 +159,7 @@ class Predictor:
         self.precision = resolve_precision(precision, self.device)
         self.channels_last = self.device.type == "cuda" and self.precision != "fp32"
         specs = resolve_modules(modules)
-        self.layout: list[OutputTarget] = layout_for(
-            (s.name, s.version, [(t.name, t.unit, t.field, t.support) for t in s.targets]) for s in specs
-        )
+        self.layout: list[OutputTarget] = layout_of_specs(specs)
         self.loaded: list[LoadedModule] = []
         offset = 0
         for spec in specs:

@@ -62,6 +62,11 @@ DEFAULT_PIPELINE = "mimir-v1"
 #: Files of a module in the original MIMIR layout.
 ORIGINAL_FILES = ("snapshot.pth.tar", "metadata.txt", "standardization_parameters.txt", "calibration_factors.txt")
 
+#: ``intended_use`` values: a module for research use, or one made for the synthetic demonstration only.
+INTENDED_RESEARCH = "research"
+INTENDED_SYNTHETIC_DEMO = "synthetic-demo"
+INTENDED_USES = (INTENDED_RESEARCH, INTENDED_SYNTHETIC_DEMO)
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -164,7 +169,10 @@ class ModuleSpec:
     targets: list[TargetSpec]
     members: list[MemberSpec] = field(default_factory=list)
     description: str = ""
-    intended_use: str = ""
+    #: "research" or "synthetic-demo" (:data:`INTENDED_USES`); a synthetic-demo module is never applied by default
+    intended_use: str = INTENDED_RESEARCH
+    #: free text for humans: what the module is for and where it is valid
+    intended_use_note: str = ""
     architecture: str = "resnet50"
     width: int = 64
     input_pipeline: str = DEFAULT_PIPELINE
@@ -176,6 +184,11 @@ class ModuleSpec:
     path: Path | None = None
     #: shipped inside the package (not serialised)
     builtin: bool = False
+
+    @property
+    def synthetic(self) -> bool:
+        """True for a module made for the synthetic demonstration (its numbers mean nothing for real images)."""
+        return self.intended_use == INTENDED_SYNTHETIC_DEMO
 
     @property
     def num_targets(self) -> int:
@@ -198,6 +211,7 @@ class ModuleSpec:
             "version": self.version,
             "description": self.description,
             "intended_use": self.intended_use,
+            "intended_use_note": self.intended_use_note,
             "architecture": {"name": self.architecture, "width": self.width, "output": "mean_logvar"},
             "input": {"pipeline": self.input_pipeline, "shape": [3, 256, 256], "dtype": "uint8", "scaling": "none"},
             "targets": [t.to_json() for t in self.targets],
@@ -301,13 +315,15 @@ def spec_from_json(data: Any, *, path: Path | None = None, where: str = MODULE_J
     if data.get("ood_reference") is not None:
         ood = OodSpec.from_json(data["ood_reference"], where)
         _check(ood.file not in {m.file for m in members}, "ood_reference file is a member file", where)
+    use, note = _intended_use(data.get("intended_use"), data.get("intended_use_note"), where)
     return ModuleSpec(
         name=name,
         version=version,
         targets=targets,
         members=members,
         description=str(data.get("description", "")),
-        intended_use=str(data.get("intended_use", "")),
+        intended_use=use,
+        intended_use_note=note,
         architecture=arch["name"],
         width=width,
         input_pipeline=str(inp.get("pipeline", DEFAULT_PIPELINE)),
@@ -315,6 +331,27 @@ def spec_from_json(data: Any, *, path: Path | None = None, where: str = MODULE_J
         ood=ood,
         path=path,
     )
+
+
+def _intended_use(value: Any, note: Any, where: str) -> tuple[str, str]:
+    """(intended_use, note) from module.json.
+
+    ``intended_use`` is ``"research"`` or ``"synthetic-demo"``; absent means
+    research (the imported MIMIR modules). module.json files written before
+    mimir 0.3 held free text there: that text becomes the note and the use is
+    research, unless the text says the module is for a synthetic
+    demonstration only.
+    """
+    _check(note is None or isinstance(note, str), "intended_use_note must be text", where)
+    note = note or ""
+    if value is None or value == "":
+        return INTENDED_RESEARCH, note
+    _check(isinstance(value, str), f"intended_use must be one of {', '.join(INTENDED_USES)}", where)
+    if value in INTENDED_USES:
+        return value, note
+    legacy = value.lower()
+    use = INTENDED_SYNTHETIC_DEMO if "synthetic demonstration only" in legacy else INTENDED_RESEARCH
+    return use, note or value
 
 
 def _validate_target(t: TargetSpec, where: str) -> None:
@@ -461,7 +498,8 @@ def write_module(
     targets: Sequence[TargetSpec],
     state_dicts: Sequence[Mapping[str, Tensor]],
     description: str = "",
-    intended_use: str = "",
+    intended_use: str = INTENDED_RESEARCH,
+    intended_use_note: str = "",
     input_pipeline: str = DEFAULT_PIPELINE,
     source: Mapping[str, Any] | None = None,
     overwrite: bool = False,
@@ -485,6 +523,7 @@ def write_module(
         raise ModuleError(f"invalid module name {name!r}", hint="Use letters, digits, '.', '_' or '-'.")
     if not state_dicts:
         raise ModuleError("a module needs at least one member", path=name)
+    intended_use, intended_use_note = _intended_use(intended_use, intended_use_note, name)
     archs = {architecture_of(sd) for sd in state_dicts}
     if len(archs) != 1:
         raise ModuleError(f"members differ in architecture: {sorted(archs)}", path=name)
@@ -504,6 +543,7 @@ def write_module(
         targets=list(targets),
         description=description,
         intended_use=intended_use,
+        intended_use_note=intended_use_note,
         width=width,
         input_pipeline=input_pipeline,
         source=dict(source or {}),
@@ -760,9 +800,8 @@ def convert_original(
         description=description
         if description is not None
         else f"MIMIR inference module {src.name} (Langner et al.), converted from its original format.",
-        intended_use=intended_use
-        if intended_use is not None
-        else (
+        intended_use=intended_use if intended_use is not None else INTENDED_RESEARCH,
+        intended_use_note=(
             "Research use on UK Biobank neck-to-knee Dixon body MRI (field 20201), adults 44-82 years; "
             "not a medical device."
         ),

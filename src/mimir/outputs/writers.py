@@ -1,12 +1,17 @@
-"""Writing results: CSV, JSON and the Rich table, all from :class:`SubjectResult` records.
+"""Writing results: CSV (wide or long), JSON and the Rich table, all from :class:`SubjectResult` records.
 
-CSV: one row per subject; ``name``, ``eid``, ``instance``, then for each
-target ``<Name>_mean_in_<Unit>``, ``<Name>_variance_in_<Unit>`` (MIMIR's
-column names), ``<Name>_ci_low_in_<Unit>``, ``<Name>_ci_high_in_<Unit>``.
+The schema (columns, JSON keys, the rule for targets two modules share) is
+written down in ``docs/outputs.md``; :data:`SCHEMA_VERSION` is its version.
 
-JSON: a list of subjects, each ``{"name", "eid", "instance", "targets":
-{<Name>: {"value", "variance", "sd", "ci_low", "ci_high", "level", "unit",
-"field", "module", "module_version"}}}``; non-finite numbers are ``null``.
+Wide CSV: one row per subject; ``name, eid, instance, qc_status, qc_flags,
+ci_level``, per module ``<module>_version, <module>_intended_use,
+<module>_ood_score``, then per target ``<Key>_mean_in_<Unit>``,
+``<Key>_variance_in_<Unit>`` (MIMIR's column names),
+``<Key>_ci_low_in_<Unit>``, ``<Key>_ci_high_in_<Unit>``.
+
+Long CSV: one row per subject x target (:data:`LONG_HEADER`).
+
+JSON: a list of subjects (:meth:`SubjectResult.to_json`); non-finite numbers are ``null``.
 
 Files are written atomically (:mod:`mimir.utils.atomic`). Failed subjects
 (``error`` set) are left out; they are reported separately.
@@ -23,13 +28,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mimir.errors import UsageError
-from mimir.inference.predictions import OutputTarget, SubjectResult, csv_header
+from mimir.inference.predictions import LONG_HEADER, OutputTarget, SubjectResult, csv_header, long_rows
 from mimir.utils import atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
 FORMATS = {".csv": "csv", ".json": "json"}
+#: Version of the output schema described in docs/outputs.md.
+SCHEMA_VERSION = "2"
+#: Layouts of the CSV: one row per subject (``wide``) or per subject x target (``long``).
+CSV_LAYOUTS = ("wide", "long")
+
+
+def check_layout(layout: str, path: str | os.PathLike[str] | None = None) -> str:
+    """``wide`` or ``long``; :class:`UsageError` for anything else, or for ``long`` with a .json file."""
+    if layout not in CSV_LAYOUTS:
+        raise UsageError(f"unknown --format {layout!r}", hint="Use wide (one row per subject) or long (one row per target).")
+    if layout == "long" and path is not None and output_format(path) == "json":
+        raise UsageError(
+            "--format long is a CSV layout", path=os.fspath(path), hint="Write a .csv file, or drop --format for JSON."
+        )
+    return layout
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
@@ -63,6 +83,17 @@ def csv_text(results: Sequence[SubjectResult], layout: Sequence[OutputTarget] | 
     return buf.getvalue()
 
 
+def long_csv_text(results: Sequence[SubjectResult]) -> str:
+    """The long CSV document (one row per subject x target) for the successful ``results``."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LONG_HEADER, lineterminator="\n")
+    writer.writeheader()
+    for r in results:
+        if r.ok:
+            writer.writerows(long_rows(r.to_json()))
+    return buf.getvalue()
+
+
 def json_text(results: Sequence[SubjectResult]) -> str:
     """The JSON document (a list of subjects) for the successful ``results``."""
     return json.dumps([r.to_json() for r in results if r.ok], indent=2, allow_nan=False, ensure_ascii=False) + "\n"
@@ -77,11 +108,19 @@ def write_json(path: str | os.PathLike[str], results: Sequence[SubjectResult]) -
 
 
 def write_results(
-    path: str | os.PathLike[str], results: Sequence[SubjectResult], layout: Sequence[OutputTarget] | None = None
+    path: str | os.PathLike[str],
+    results: Sequence[SubjectResult],
+    layout: Sequence[OutputTarget] | None = None,
+    *,
+    csv_layout: str = "wide",
 ) -> None:
-    """Write ``results`` as CSV or JSON, chosen by the extension of ``path``."""
+    """Write ``results`` as CSV (``csv_layout`` wide or long) or JSON, chosen by the extension of ``path``."""
+    check_layout(csv_layout, path)
     if output_format(path) == "csv":
-        write_csv(path, results, layout)
+        if csv_layout == "long":
+            atomic.write_text(path, long_csv_text(results))
+        else:
+            write_csv(path, results, layout)
     else:
         write_json(path, results)
 
@@ -94,10 +133,15 @@ def _fmt(x: float) -> str:
 
 
 def render_tables(results: Sequence[SubjectResult], console: Console) -> None:
-    """One Rich table per successful subject: target, value, unit, confidence interval, module."""
+    """One Rich table per successful subject: target, value, unit, confidence interval, module.
+
+    Predictions of a synthetic-demo module are marked in the module column and
+    by a warning line under the table.
+    """
     from rich.markup import escape
     from rich.table import Table
 
+    synthetic: set[str] = set()
     for r in results:
         if not r.ok:
             continue
@@ -111,5 +155,16 @@ def render_tables(results: Sequence[SubjectResult], console: Console) -> None:
         for p in r.predictions:
             low, high = p.ci
             t = p.target
-            table.add_row(escape(t.key), _fmt(p.value), escape(t.unit), f"{_fmt(low)} .. {_fmt(high)}", escape(t.module))
+            module = escape(t.module)
+            if t.intended_use == "synthetic-demo":
+                synthetic.add(t.module)
+                module += " [yellow](synthetic demo)[/]"
+            table.add_row(escape(t.key), _fmt(p.value), escape(t.unit), f"{_fmt(low)} .. {_fmt(high)}", module)
         console.print(table)
+    if synthetic:
+        console.print(
+            f"[yellow]warning:[/] {escape(', '.join(sorted(synthetic)))}: a synthetic demonstration module; "
+            "its numbers mean nothing for real UK Biobank images.",
+            highlight=False,
+            soft_wrap=True,
+        )

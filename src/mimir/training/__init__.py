@@ -47,11 +47,20 @@ def train_module(
     ``width``, ``iterations``, ``batch_size``, ``lr``, ``val_fraction``,
     ``folds``, ``seed``, ...). ``name`` defaults to the output folder's name.
     ``workers`` > 1 trains that many networks at once, in separate processes
-    with ``threads`` torch threads each.
+    with ``threads`` torch threads each; those are ``spawn`` processes, which
+    import the calling script again, so in a script call this under
+    ``if __name__ == "__main__":`` (a call outside it raises
+    :class:`~mimir.errors.UsageError` saying so). ``targets_csv`` is keyed by
+    ``name`` (image file stems) or ``eid`` (UK Biobank participant ids).
     """
     from pathlib import Path
 
     from mimir.training.data import load_images, read_targets_csv, target_info
+
+    if workers > 1:
+        from mimir.utils.processes import require_main_guard
+
+        require_main_guard("train_module(workers > 1)")
 
     config.setdefault("name", Path(out_dir).name)
     cfg = TrainConfig(**config)

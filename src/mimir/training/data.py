@@ -1,8 +1,9 @@
 """Training data: the targets table, the images, splits, batches, augmentation.
 
 - :func:`read_targets_csv` reads ``TARGETS.csv``: a ``name`` column matching
-  the image file stems, then one numeric column per target; an empty cell
-  (or ``NA``/``nan``) is a missing value.
+  the image file stems, or an ``eid`` column (the UK Biobank participant id,
+  as phenotype tables are keyed), then one numeric column per target; an
+  empty cell (or ``NA``/``nan``) is a missing value.
 - :func:`target_info` gives each target its unit and UK Biobank field, from
   ``--units``/``--fields`` options, a description file, or the column name.
 - :func:`load_images` pairs the table with a folder of ``.npy`` images (as
@@ -32,6 +33,8 @@ from mimir.errors import InputError, UsageError
 #: Image files a training folder may hold.
 IMAGE_SUFFIXES = (".npy", ".zip")
 _MISSING = {"", "na", "nan", "n/a", "none", "null"}
+#: UK Biobank bulk file stems: <eid>_<field>_<instance>_<array>
+_UKB_STEM = re.compile(r"^(?P<eid>\d+)_(?P<field>\d+)_(?P<instance>\d+)_(?P<array>\d+)$")
 
 #: Units guessed from the end of a column name (``weight_kg`` -> ``kg``).
 _UNIT_SUFFIXES = {
@@ -56,6 +59,8 @@ class TargetTable:
     names: list[str]
     targets: list[str]
     values: np.ndarray  # (N, T) float64
+    #: what ``names`` hold: "name" (image file stems) or "eid" (UK Biobank participant ids)
+    key: str = "name"
 
     def __len__(self) -> int:
         return len(self.names)
@@ -84,9 +89,9 @@ def _parse_value(text: str, where: str) -> float:
 
 
 def read_targets_csv(path: str | os.PathLike[str]) -> TargetTable:
-    """Read a targets table: ``name`` then one numeric column per target.
+    """Read a targets table: ``name`` (or ``eid``) then one numeric column per target.
 
-    Raises :class:`InputError` for a missing file, a missing ``name`` column,
+    Raises :class:`InputError` for a missing file, a first column other than ``name`` or ``eid``,
     duplicate names or columns, or a cell that is neither a number nor empty.
     """
     shown = os.fspath(path)
@@ -101,13 +106,15 @@ def read_targets_csv(path: str | os.PathLike[str]) -> TargetTable:
     if not rows:
         raise InputError("the targets table is empty", path=shown)
     header = [h.strip() for h in rows[0]]
-    if not header or header[0].lower() != "name":
+    key = header[0].lower() if header else ""
+    if key not in ("name", "eid"):
         raise InputError(
-            "the first column must be 'name' (the image file stems)", path=shown, hint="Header: name,<target>,..."
+            "the first column must be 'name' (the image file stems) or 'eid' (UK Biobank participant ids)",
+            path=shown, hint="Header: name,<target>,... or eid,<target>,...",
         )
     targets = header[1:]
     if not targets:
-        raise InputError("has no target columns after 'name'", path=shown)
+        raise InputError(f"has no target columns after {key!r}", path=shown)
     if any(not t for t in targets) or len(set(targets)) != len(targets):
         raise InputError("target column names must be non-empty and distinct", path=shown)
     for t in targets:
@@ -121,16 +128,20 @@ def read_targets_csv(path: str | os.PathLike[str]) -> TargetTable:
             raise InputError(f"line {line} has {len(row)} cells, the header {len(header)}", path=shown)
         name = row[0].strip()
         if not name:
-            raise InputError(f"line {line} has no name", path=shown)
+            raise InputError(f"line {line} has no {key}", path=shown)
+        if key == "eid":
+            if not name.isdigit():
+                raise InputError(f"line {line}: eid {name!r} is not a whole number", path=shown)
+            name = str(int(name))
         names.append(name)
         for j, cell in enumerate(row[1:]):
             values[i, j] = _parse_value(cell, f"{Path(shown).name} line {line}, column {targets[j]}")
     seen: set[str] = set()
     for n in names:
         if n in seen:
-            raise InputError(f"subject {n!r} appears twice", path=shown)
+            raise InputError(f"{key} {n!r} appears twice", path=shown)
         seen.add(n)
-    return TargetTable(names=names, targets=targets, values=values)
+    return TargetTable(names=names, targets=targets, values=values, key=key)
 
 
 def _pairs(text: Sequence[str] | None, option: str) -> dict[str, str]:
@@ -228,6 +239,34 @@ def image_files(folder: str | os.PathLike[str]) -> dict[str, Path]:
     return found
 
 
+def files_by_eid(files: dict[str, Path], folder: str | os.PathLike[str]) -> dict[str, Path]:
+    """Image files keyed by UK Biobank eid (from ``<eid>_<field>_<instance>_<array>`` stems).
+
+    Files whose stem is not of that form are left out. Two images of one eid
+    (two instances or arrays) make the eid ambiguous: :class:`UsageError`,
+    naming both, since a table keyed by eid cannot say which visit it means.
+    """
+    out: dict[str, Path] = {}
+    for path in files.values():
+        m = _UKB_STEM.match(path.name.split(".")[0])
+        if m is None:
+            continue
+        k = str(int(m["eid"]))
+        if k in out:
+            raise UsageError(
+                f"eid {k} has two images, {out[k].name} and {path.name}",
+                path=os.fspath(folder),
+                hint="Key the targets table by 'name' (the file stem) to say which visit each row means.",
+            )
+        out[k] = path
+    if not out:
+        raise UsageError(
+            "holds no images named <eid>_<field>_<instance>_<array>, so an 'eid' column cannot match them",
+            path=os.fspath(folder), hint="Key the targets table by 'name' (the file stems).",
+        )
+    return out
+
+
 @dataclass
 class Dataset:
     """Images and targets of the subjects present in both the folder and the table."""
@@ -256,6 +295,8 @@ def load_images(
     from mimir.preprocessing.pipeline import load_input
 
     files = image_files(folder)
+    if table.key == "eid":
+        files = files_by_eid(files, folder)
     rows = [i for i, n in enumerate(table.names) if n in files and np.isfinite(table.values[i]).any()]
     if not rows:
         raise UsageError(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -72,7 +73,10 @@ class TrainConfig:
     name: str = "module"
     version: str = "1.0"
     description: str = ""
-    intended_use: str = ""
+    #: "research" or "synthetic-demo" (module.json; a synthetic-demo module runs only when named)
+    intended_use: str = "research"
+    #: free text for humans: what the module is for
+    intended_use_note: str = ""
     arch: str = "resnet50"
     width: int = 64
     members: int = 5
@@ -122,7 +126,7 @@ class TrainConfig:
         d = asdict(self)
         # members is left out: jobs are stored per member, so K can grow or shrink between runs
         for k in (
-            "name", "version", "description", "intended_use", "checkpoint_every", "eval_batch_size", "members",
+            "name", "version", "description", "intended_use", "intended_use_note", "checkpoint_every", "eval_batch_size", "members",
             "calibration",
         ):
             d.pop(k)
@@ -179,6 +183,32 @@ def plan_jobs(n: int, config: TrainConfig) -> list[Job]:
         for k in range(config.members):
             jobs.append(Job(len(jobs), "holdout", k, None, train, val))
     return jobs
+
+
+#: Fewer held-out subjects than this make the calibration factors (and so the interval widths) uncertain.
+MIN_CALIBRATION_SUBJECTS = 50
+
+
+def calibration_size(jobs: Sequence[Job]) -> int:
+    """How many subjects the variance scales are fitted on: the held-out (or out-of-fold) subjects."""
+    held: set[int] = set()
+    for j in jobs:
+        if j.group in ("holdout", "fold"):
+            held.update(int(i) for i in j.heldout)
+    return len(held)
+
+
+def warn_small_calibration(jobs: Sequence[Job]) -> int:
+    """Log a warning when fewer than :data:`MIN_CALIBRATION_SUBJECTS` subjects calibrate the module; return the count."""
+    n = calibration_size(jobs)
+    if 0 < n < MIN_CALIBRATION_SUBJECTS:
+        logging.getLogger("mimir").warning(
+            "the intervals will be calibrated on only %d held-out subject(s) (fewer than %d): each target's variance "
+            "scale, and so every interval width, is itself uncertain and may cover far more or less than its level; "
+            "train on more subjects, raise --val-fraction, or use --folds",
+            n, MIN_CALIBRATION_SUBJECTS,
+        )
+    return n
 
 
 class TrainProgress:
@@ -682,6 +712,7 @@ def train(
     trainer = Trainer(dataset, targets, config, work, device=device, progress=progress, restart=restart)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
+    warn_small_calibration(trainer.jobs)
     results = trainer.run(workers=workers, threads=threads)
     jobs = trainer.jobs
     progress = trainer.progress
@@ -739,7 +770,7 @@ def train(
             "nearest-edge fill, members differ by seed; one variance scale per target fitted on held-out "
             f"predictions to {objective}"
         ),
-        "config": {k: v for k, v in asdict(config).items() if k not in ("description", "intended_use")},
+        "config": {k: v for k, v in asdict(config).items() if k not in ("description", "intended_use", "intended_use_note")},
         "data": {
             "subjects": len(dataset.names),
             "train_subjects": n_train,
@@ -771,6 +802,7 @@ def train(
         state_dicts=[r.state_dict for _, r in members],
         description=config.description or f"Trained with mimir train on {len(dataset.names)} subjects.",
         intended_use=config.intended_use,
+        intended_use_note=config.intended_use_note,
         source=src,
         overwrite=overwrite,
         ood_reference=reference,
