@@ -133,7 +133,7 @@ def test_original_module_import_and_predict_match_formulas(tmp_path: Path, no_ne
         "intended_use",
     }
     assert doc[0]["ci_level"] == 0.9 and doc[0]["modules"] == {"module_test": {"version": "1.0", "intended_use": "research"}}
-    assert doc[0]["qc"] == {"status": None, "flags": []} and doc[0]["ood_scores"] == {}
+    assert doc[0]["qc"] == {"status": None, "flags": []} and doc[0]["ood_scores"] == {"module_test": None}  # no reference
     assert (vat["unit"], vat["field"], vat["module"], vat["module_version"], vat["level"]) == ("L", 22407, "module_test", "1.0", 0.9)
     assert vat["value"] == pytest.approx(ref_mean[0, 0], rel=1e-5)
     assert vat["sd"] == pytest.approx(math.sqrt(ref_var[0, 0]), rel=1e-4)
