@@ -3,8 +3,9 @@
 Reads the image sets made by ``benchmarks/ood_data.py`` (default
 ``.scratch/ood``), runs the ``phantom-demo`` networks once per image (CPU,
 fp32) for predictions and pooled features, fits the OOD reference on the
-``reference`` set (training seeds), sets the flag line on the ``calibration``
-set (unseen in-distribution seeds), and prints per set:
+``reference`` set (training seeds) and the ``calibration`` set (unseen
+in-distribution seeds), sets the flag line on the calibration set by 5-fold
+cross-fitting (:func:`mimir.models.ood.fit_reference`), and prints per set:
 
 * n, the share flagged ``out_of_distribution:phantom-demo``;
 * the share of subjects with a confidently wrong prediction (any target with
@@ -90,6 +91,19 @@ def set_data(folder: Path, predictor, digest: str) -> dict[str, np.ndarray] | No
     return out
 
 
+def seed_ranges(names: np.ndarray) -> str:
+    """'10000-10139, 10206-10249' from image names ``<1000000 + seed>_20201_2_0``."""
+    seeds = sorted(int(str(n).split("_")[0]) - 1_000_000 for n in names)
+    out, start, prev = [], seeds[0], seeds[0]
+    for s in seeds[1:]:
+        if s != prev + 1:
+            out.append((start, prev))
+            start = s
+        prev = s
+    out.append((start, prev))
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT / ".scratch" / "ood"))
@@ -124,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         how = f"reference stored in {spec.name} ({spec.ood.file})"
     else:
         ref = fit_reference(data["reference"]["features"], data["calibration"]["features"], quantile=args.quantile)
-        how = (f"fitted on {data['reference']['names'].size} reference images, flag line (q={args.quantile}) "
-               f"on {data['calibration']['names'].size} calibration images")
+        how = (f"fitted on {data['reference']['names'].size} reference + {data['calibration']['names'].size} "
+               f"calibration images, flag line (q={args.quantile}) cross-fitted on the calibration images")
     lines = [
-        f"OOD flags of phantom-demo ({how}); features+predictions {cpu:.0f} s CPU",
+        f"OOD flags of phantom-demo ({how}); features+predictions {cpu:.0f} s CPU (0: read from the cache)",
         "",
-        "| set | what | n | flagged | conf. wrong | conf. wrong flagged | 95% CI misses truth | median score |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| set | what | seeds | n | flagged | conf. wrong | conf. wrong flagged | 95% CI misses truth | median score |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, d in data.items():
         scores = ref.scores(d["features"])
@@ -147,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cw_txt, cwf, miss_txt = "no truth", "-", "-"
         lines.append(
-            f"| {name} | {LABELS[name]} | {n} | {flagged.sum()} ({100 * flagged.mean():.1f} %) | {cw_txt} | {cwf} | "
+            f"| {name} | {LABELS[name]} | {seed_ranges(d['names'])} | {n} | {flagged.sum()} ({100 * flagged.mean():.1f} %) | {cw_txt} | {cwf} | "
             f"{miss_txt} | {np.median(scores):.2f} |"
         )
     # the cost of scoring: the same forward pass with and without the reference (CPU time, min of 5)
@@ -175,10 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         fitted = {
             "by": "benchmarks/ood.py --write-module",
             "images": "mimir synth full-size subjects made with scripts/synth_images.py",
-            "fit_images": int(data["reference"]["names"].size),
-            "fit_seeds": "10000-10249 (training seeds of the module)",
+            "fit_images": int(data["reference"]["names"].size + data["calibration"]["names"].size),
+            "split": "mean/covariance on reference + calibration images; flag line on the calibration images, "
+                     "5-fold cross-fitted",
+            "fit_seeds": seed_ranges(data["reference"]["names"]) + " (training seeds of the module) and the "
+                         "calibration seeds",
             "calibration_images": int(data["calibration"]["names"].size),
-            "calibration_seeds": "600000-600149 (unseen)",
+            "calibration_seeds": seed_ranges(data["calibration"]["names"]) + " (not used in training)",
         }
         new = set_reference(spec, ref, fitted=fitted)
         print(f"stored {new.ood.file} in {new.path}")

@@ -32,7 +32,6 @@ from mimir.models.ood import (
     grouped,
     ledoit_wolf,
     raw_scores,
-    split_fit_calibration,
 )
 from mimir.utils.hashing import file_sha256
 
@@ -93,7 +92,9 @@ def test_fit_reference_flag_line_and_a_shifted_sample() -> None:
     shifted = ind(200) + 3.0  # every feature moved by 1.5-6 sd
     assert np.all(ref.scores(shifted) > 1)
     with pytest.raises(ValueError, match="at least"):
-        fit_reference(ind(10), ind(100))
+        fit_reference(ind(0), ind(30))
+    with pytest.raises(ValueError, match="at least"):
+        fit_reference(ind(10), ind(100), folds=0)
     with pytest.raises(ValueError, match="held-out"):
         fit_reference(ind(100), ind(5))
 
@@ -112,12 +113,32 @@ def test_grouping_joint_and_per_member() -> None:
         per_member.scores(f[:, :, :4])
 
 
-def test_split_fit_calibration_is_disjoint_and_seeded() -> None:
-    fit, cal = split_fit_calibration(100, calibration_fraction=0.3, seed=4)
-    assert len(cal) == 30 and len(fit) == 70 and not set(fit) & set(cal)
-    assert sorted([*fit, *cal]) == list(range(100))
-    again = split_fit_calibration(100, calibration_fraction=0.3, seed=4)
-    assert np.array_equal(again[0], fit) and np.array_equal(again[1], cal)
+def test_cross_fitting_scores_each_calibration_image_with_a_reference_that_did_not_see_it() -> None:
+    rng = np.random.default_rng(4)
+    fit, cal = rng.standard_normal((1, 30, 6)), rng.standard_normal((1, 25, 6))
+    ref = fit_reference(fit, cal, folds=5, seed=7, quantile=0.9)
+    # by hand: the same folds, each fold scored by a reference of the fit images and the other folds
+    order = np.random.default_rng(7).permutation(25)
+    fold_of = np.empty(25, int)
+    fold_of[order] = np.arange(25) % 5
+    raw = np.empty(25)
+    for f in range(5):
+        m, cov, _ = ledoit_wolf(np.concatenate([fit[0], cal[0, fold_of != f]]))
+        p = np.linalg.inv(cov).astype(np.float32).astype(np.float64)
+        raw[fold_of == f] = raw_scores(cal[:, fold_of == f], m.astype(np.float32)[None].astype(np.float64), p[None])
+    assert ref.threshold == pytest.approx(float(np.quantile(raw, 0.9)), rel=1e-6)
+    # the final reference is fitted on all 55 images
+    m_all, _, _ = ledoit_wolf(np.concatenate([fit[0], cal[0]]))
+    np.testing.assert_allclose(ref.mean[0], m_all, rtol=1e-6, atol=1e-6)
+    # without cross-fitting: fit images only, the flag line on the calibration images as they are
+    plain = fit_reference(fit, cal, folds=0, quantile=0.9)
+    m_fit, cov_fit, _ = ledoit_wolf(fit[0])
+    np.testing.assert_allclose(plain.mean[0], m_fit, rtol=1e-6, atol=1e-6)
+    want = np.quantile(raw_scores(cal, plain.mean, plain.precision), 0.9)
+    assert plain.threshold == pytest.approx(float(want), rel=1e-9)
+    # no fit images at all: every image is cross-fitted (fit-reference on a user's images)
+    only = fit_reference(np.zeros((1, 0, 6)), np.concatenate([fit, cal], axis=1))
+    assert only.size == 6 and only.threshold > 0
     assert feature_dim(64) == 2048 and feature_dim(8) == 256
 
 

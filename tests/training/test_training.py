@@ -512,7 +512,7 @@ def test_training_stores_an_ood_reference_fitted_on_training_and_held_out_images
     assert spec.ood.sha256 == file_sha256(out / spec.ood.file)
     fitted = spec.ood.fitted
     assert (fitted["fit_images"], fitted["calibration_images"]) == (30, 20)
-    assert fitted["split"].startswith("training images / held-out images")
+    assert fitted["split"].startswith("mean/covariance on training + held-out images")
     ref = spec.load_reference()
     assert ref.size == 2 * feature_dim(2) and ref.quantile == 0.99
     recs = Predictor([out], device="cpu").predict_files(sorted(str(p) for p in (data / "images").glob("*.npy")))

@@ -21,10 +21,7 @@ def fit_reference_cmd(
         ..., metavar="INPUT", help="Subject zips or .npy images; a folder means its .zip/.npy files."
     ),
     module: str = typer.Option(..., "-m", "--module", metavar="MODULE", help="Installed module name or module folder."),
-    calibration_fraction: float = typer.Option(
-        0.3, "--calibration-fraction", metavar="FRACTION", help="Share of the images held out to set the flag line (0.05-0.5)."
-    ),
-    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the random fit/calibration split."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the cross-fitting folds."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
     gpu: Optional[int] = typer.Option(None, "--gpu", metavar="N", help="Short for --device cuda:N."),  # noqa: UP007
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, metavar="N", help="Images per forward pass."),
@@ -35,9 +32,9 @@ def fit_reference_cmd(
 ) -> None:
     """Fit the out-of-distribution reference of an imported module on your own (unlabelled) images.
 
-    The module's networks describe each image by their pooled features; 70 %
-    of the images fit the reference, the rest set the flag line (about 1 % of
-    images like these are flagged out_of_distribution:<module>). The reference
+    The module's networks describe each image by their pooled features; all
+    images fit the reference and set its flag line by 5-fold cross-fitting
+    (about 1 % of new images like these are flagged out_of_distribution:<module>). The reference
     is stored in the module folder, hashed in its module.json. It describes
     YOUR data, not the module's training data: see docs/ood.md. Use a few
     thousand subjects without known problems.
@@ -56,12 +53,12 @@ def fit_reference_cmd(
         with Progress(console=err_console, transient=True) as bar:
             task = bar.add_task("reading features", total=len(files))
             result = fit_module_reference(
-                module, files, calibration_fraction=calibration_fraction, seed=seed, device=dev,
+                module, files, seed=seed, device=dev,
                 batch_size=batch_size, cache=not no_cache, on_progress=lambda n: bar.advance(task, n),
             )
     else:
         result = fit_module_reference(
-            module, files, calibration_fraction=calibration_fraction, seed=seed, device=dev,
+            module, files, seed=seed, device=dev,
             batch_size=batch_size, cache=not no_cache,
         )
     for message in result.failed:
@@ -69,7 +66,7 @@ def fit_reference_cmd(
     ood = result.spec.ood
     console.print(
         f"fitted the OOD reference of {escape(result.spec.name)} on {result.fit_images} image(s), "
-        f"flag line set on {result.calibration_images} other(s) "
+        f"flag line cross-fitted "
         f"({escape(ood.file) if ood else ''}, sha256 {ood.sha256[:16] if ood else ''})",
         highlight=False,
     )

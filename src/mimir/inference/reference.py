@@ -3,9 +3,10 @@
 Imported MIMIR modules come without their training images, so they carry no
 reference and their OOD score is empty. :func:`fit_module_reference` fits one
 on images the user supplies (subject zips or ``.npy`` images, no labels
-needed): the module's networks give each image's pooled features; a seeded
-random 70 % fit the mean and shrunk covariance per member, the other 30 % set
-the flag line at the 99th percentile (see :mod:`mimir.models.ood`).
+needed): the module's networks give each image's pooled features; the mean
+and shrunk covariance are fitted on all of them, and the flag line is the
+99th percentile of the images' scores, each taken from a reference fitted on
+the other four fifths (5-fold cross-fitting, see :mod:`mimir.models.ood`).
 
 The trade-off: the reference then describes the user's data, not the
 module's training data. It flags subjects unlike the bulk of the user's
@@ -37,7 +38,6 @@ from mimir.models.ood import (
     MIN_FIT,
     OodReference,
     fit_reference,
-    split_fit_calibration,
 )
 
 _INPUT_SUFFIXES = (".zip", ".npy")
@@ -52,7 +52,7 @@ class FitResult:
     fit_images: int
     calibration_images: int
     failed: list[str]
-    #: calibrated scores of the calibration images (about 1 % above 1.0 by construction)
+    #: calibrated scores of the images with the final reference (fewer above 1.0 than the cross-fitted 1 %)
     calibration_scores: np.ndarray
 
 
@@ -77,7 +77,6 @@ def fit_module_reference(
     module: str | os.PathLike[str] | ModuleSpec,
     inputs: Sequence[str | os.PathLike[str]],
     *,
-    calibration_fraction: float = 0.3,
     quantile: float = DEFAULT_QUANTILE,
     seed: int = 0,
     device: str = "auto",
@@ -104,8 +103,6 @@ def fit_module_reference(
             path=spec.name,
             hint="Fit a reference only for installed modules (mimir list-modules shows them).",
         )
-    if not 0.05 <= calibration_fraction <= 0.5:
-        raise UsageError(f"calibration fraction must be between 0.05 and 0.5, got {calibration_fraction}")
     files = expand_inputs(inputs)
     if len(files) < MIN_FIT + MIN_CALIBRATION:
         raise UsageError(
@@ -137,25 +134,24 @@ def fit_module_reference(
             f"{MIN_FIT + MIN_CALIBRATION}"
         )
     all_feats = np.concatenate(feats, axis=1)
-    fit_idx, cal_idx = split_fit_calibration(n, calibration_fraction=calibration_fraction, seed=seed)
     try:
-        ref = fit_reference(all_feats[:, fit_idx], all_feats[:, cal_idx], quantile=quantile)
+        ref = fit_reference(all_feats[:, :0], all_feats, quantile=quantile, seed=seed)
     except ValueError as exc:
         raise UsageError(f"cannot fit a reference: {exc}", path=spec.name) from None
     fitted: dict[str, Any] = {
         "by": "mimir fit-reference",
         "images": "the user's images (not the module's training data)",
-        "fit_images": int(fit_idx.size),
-        "calibration_images": int(cal_idx.size),
-        "split": f"seeded random split (seed {seed}), {calibration_fraction:g} for the flag line",
+        "fit_images": int(n),
+        "calibration_images": int(n),
+        "split": f"all images, 5-fold cross-fitted flag line (seed {seed})",
         "mimir_version": __version__,
     }
     new_spec = set_reference(spec, ref, fitted=fitted)
     return FitResult(
         spec=new_spec,
         reference=ref,
-        fit_images=int(fit_idx.size),
-        calibration_images=int(cal_idx.size),
+        fit_images=int(n),
+        calibration_images=int(n),
         failed=failed,
-        calibration_scores=ref.scores(all_feats[:, cal_idx]),
+        calibration_scores=ref.scores(all_feats),
     )

@@ -16,8 +16,9 @@ per dimension::
     raw = mean_g  (f_g - mu_g)^T P_g (f_g - mu_g) / D
 
 and the reported score is ``raw / threshold``, where ``threshold`` is the
-``quantile`` (default 0.99) of ``raw`` over held-out in-distribution images
-that were NOT used for the mean and covariance. So a score of 1 is the flag
+``quantile`` (default 0.99) of ``raw`` over held-out in-distribution images,
+each scored by a reference that was fitted without it (cross-fitting, see
+:func:`fit_reference`). So a score of 1 is the flag
 line: about 1 % of in-distribution images score above 1, and an image scoring
 above 1 is flagged ``out_of_distribution:<module>``.
 
@@ -153,59 +154,86 @@ class OodReference:
         return raw_scores(grouped(f, self.groups), self.mean, self.precision) / self.threshold
 
 
+#: Default number of cross-fitting folds of :func:`fit_reference`.
+DEFAULT_FOLDS = 5
+
+
+def _fit_groups(features_g: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Mean (G, D), precision (G, D, D) as float32-rounded float64, and shrinkages of grouped features (G, N, D)."""
+    means, precs, shrink = [], [], []
+    for g in range(features_g.shape[0]):
+        m, cov, a = ledoit_wolf(features_g[g])
+        means.append(m)
+        precs.append(precision_of(cov))
+        shrink.append(a)
+    # rounded as stored: score with the float32 arrays that will be written
+    mean = np.stack(means).astype(np.float32).astype(np.float64)
+    prec = np.stack(precs).astype(np.float32).astype(np.float64)
+    return mean, prec, shrink
+
+
 def fit_reference(
     fit_features: np.ndarray,
     calibration_features: np.ndarray,
     *,
     quantile: float = DEFAULT_QUANTILE,
     groups: int | None = None,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
 ) -> OodReference:
-    """Fit a reference on features (K, N, d) and set its flag line on other images' features (K, M, d).
+    """Fit a reference on in-distribution features and set its flag line.
+
+    ``fit_features`` (K, N, d) and ``calibration_features`` (K, M, d) are the
+    members' features of two sets of in-distribution images; ``N`` may be 0.
+    The calibration images must not be images the networks were trained on
+    (the networks map their training images closer together than new ones).
+
+    With ``folds`` >= 2 (cross-fitting, the default): the mean and covariance
+    are fitted on all N + M images; the flag line is the ``quantile`` of the
+    calibration images' raw scores, each computed with a reference fitted on
+    the fit images and the other folds of the calibration images (so that
+    every calibration score is that of an image the reference has not seen,
+    while the final reference uses every image). With ``folds`` < 2: the mean
+    and covariance come from the fit images only and the flag line from the
+    calibration images as they are.
 
     ``groups``: see :func:`grouped`; default :func:`default_groups`.
-    The calibration images must be in-distribution and disjoint from the fit
-    images (features of images the mean/covariance were fitted on lie closer
-    to it, which would put the flag line too low).
     """
     fit_features = np.asarray(fit_features, dtype=np.float64)
     calibration_features = np.asarray(calibration_features, dtype=np.float64)
     if fit_features.ndim != 3 or calibration_features.ndim != 3:
         raise ValueError("features must have shape (members, images, dims)")
-    if fit_features.shape[1] < MIN_FIT:
-        raise ValueError(f"need at least {MIN_FIT} images to fit a reference, got {fit_features.shape[1]}")
-    if calibration_features.shape[1] < MIN_CALIBRATION:
+    n, m = fit_features.shape[1], calibration_features.shape[1]
+    if m < MIN_CALIBRATION:
+        raise ValueError(f"need at least {MIN_CALIBRATION} held-out images to calibrate a reference, got {m}")
+    cross = folds >= 2
+    if (n + m if cross else n) < MIN_FIT + (MIN_CALIBRATION if cross else 0):
         raise ValueError(
-            f"need at least {MIN_CALIBRATION} held-out images to calibrate a reference, got {calibration_features.shape[1]}"
+            f"need at least {MIN_FIT + (MIN_CALIBRATION if cross else 0)} images to fit a reference, "
+            f"got {n + m if cross else n}"
         )
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
-    k, _, d = fit_features.shape
+    k, _, d = calibration_features.shape
     groups = default_groups(k, d) if groups is None else groups
     fit_g, cal_g = grouped(fit_features, groups), grouped(calibration_features, groups)
-    means, precs, shrink = [], [], []
-    for g in range(groups):
-        m, cov, a = ledoit_wolf(fit_g[g])
-        means.append(m)
-        precs.append(precision_of(cov))
-        shrink.append(a)
-    mean, prec = np.stack(means), np.stack(precs)
-    # store-and-reload precision: score with the float32 arrays that will be written
-    mean, prec = mean.astype(np.float32).astype(np.float64), prec.astype(np.float32).astype(np.float64)
-    raw = raw_scores(cal_g, mean, prec)
+    if cross:
+        order = np.random.default_rng(seed).permutation(m)
+        fold_of = np.empty(m, dtype=np.int64)
+        fold_of[order] = np.arange(m) % min(folds, m)
+        raw = np.empty(m)
+        for f in range(min(folds, m)):
+            out = fold_of == f
+            mean_f, prec_f, _ = _fit_groups(np.concatenate([fit_g, cal_g[:, ~out]], axis=1))
+            raw[out] = raw_scores(cal_g[:, out], mean_f, prec_f)
+        mean, prec, shrink = _fit_groups(np.concatenate([fit_g, cal_g], axis=1))
+    else:
+        mean, prec, shrink = _fit_groups(fit_g)
+        raw = raw_scores(cal_g, mean, prec)
     threshold = float(np.quantile(raw, quantile))
     if not (math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"calibration gave an unusable threshold {threshold}")
     return OodReference(mean=mean, precision=prec, threshold=threshold, quantile=quantile, shrinkage=shrink)
-
-
-def split_fit_calibration(n: int, *, calibration_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (fit, calibration) of a seeded random split of ``n`` images."""
-    if n < MIN_FIT + MIN_CALIBRATION:
-        raise ValueError(f"need at least {MIN_FIT + MIN_CALIBRATION} images, got {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    m = max(MIN_CALIBRATION, int(round(calibration_fraction * n)))
-    m = min(m, n - MIN_FIT)
-    return np.sort(order[m:]), np.sort(order[:m])
 
 
 # --------------------------------------------------------------------------- module.json record

@@ -638,13 +638,14 @@ def fit_training_reference(
 ) -> tuple[Any, dict[str, Any]] | tuple[None, None]:
     """The OOD reference of a freshly trained module, and its provenance; (None, None) with too few images.
 
-    With a hold-out split the mean/covariance come from the members' training
-    images and the flag line from the held-out images (which no member saw).
-    With folds the final members saw every image: a seeded 70/30 split of all
-    images is used, and the flag line, set on images the networks were trained
-    on, is somewhat low (more in-distribution images flagged than the nominal 1 %).
+    With a hold-out split the mean/covariance come from all images and the
+    flag line from the held-out images (which no member saw), cross-fitted
+    (:func:`mimir.models.ood.fit_reference`). With folds the final members saw
+    every image: all images are cross-fitted, and the flag line, set on images
+    the networks were trained on, is somewhat low (more new in-distribution
+    images flagged than the nominal 1 %).
     """
-    from mimir.models.ood import MIN_CALIBRATION, MIN_FIT, fit_reference, pooled_features, split_fit_calibration
+    from mimir.models.ood import MIN_CALIBRATION, MIN_FIT, fit_reference, pooled_features
     from mimir.models.resnet import ResNet50, architecture_of
 
     nets = []
@@ -653,11 +654,12 @@ def fit_training_reference(
         net = ResNet50(num_outputs=outputs, width=width)
         net.load_state_dict(sd, strict=True)
         nets.append(net.eval().to(device))
-    if job.heldout.size >= MIN_CALIBRATION and job.train.size >= MIN_FIT:
-        fit_idx, cal_idx, how = np.sort(job.train), np.sort(job.heldout), "training images / held-out images"
+    if job.heldout.size >= MIN_CALIBRATION and job.train.size + job.heldout.size >= MIN_FIT + MIN_CALIBRATION:
+        fit_idx, cal_idx = np.sort(job.train), np.sort(job.heldout)
+        how = "mean/covariance on training + held-out images; flag line on the held-out images, 5-fold cross-fitted"
     elif len(dataset.names) >= MIN_FIT + MIN_CALIBRATION:
-        fit_idx, cal_idx = split_fit_calibration(len(dataset.names))
-        how = "random 70/30 split of the training images (the flag line is set on images the networks saw)"
+        fit_idx, cal_idx = np.zeros(0, dtype=np.int64), np.arange(len(dataset.names))
+        how = "all images, 5-fold cross-fitted (the flag line is set on images the networks saw)"
     else:
         return None, None
     feats = pooled_features(nets, dataset.images, batch_size=batch_size, device=device)
