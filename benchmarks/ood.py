@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ood_data import TARGETS  # noqa: E402
+from ood_data import TARGETS
 
 SHIFT_SETS = ("phantom2", "extreme", "intensity", "small", "nonbody")
 LABELS = {
@@ -54,7 +53,7 @@ LABELS = {
 }
 
 
-def set_data(folder: Path, predictor, digest: str) -> dict[str, np.ndarray] | None:  # noqa: ANN001
+def set_data(folder: Path, predictor, digest: str) -> dict[str, np.ndarray] | None:
     """Names, truth (N, T), means, variances (N, T) and features (K, N, d) of one set (cached)."""
     files = sorted(folder.glob("*_20201_2_0.npy"))
     if not files:
@@ -179,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                 pr.predict_images(images, names)
                 best = min(best, time.process_time() - t)
             times[label] = best / len(images)
-        lines += ["", f"prediction CPU time per image (1 thread, min of 5 x {len(images)} images): "
-                  f"{1000 * times['without']:.1f} ms without the OOD score, {1000 * times['with']:.1f} ms with it"]
+        lines += [
+            "",
+            (f"prediction CPU time per image (1 thread, min of 5 x {len(images)} images): "
+             f"{1000 * times['without']:.1f} ms without the OOD score, {1000 * times['with']:.1f} ms with it"),
+        ]
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -28,9 +28,8 @@ Usage (resumable; run it in the background, it takes ~2 s per full-size subject)
 from __future__ import annotations
 
 import argparse
-import os
-import csv
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -68,12 +67,13 @@ def synth_image(seed: int, *, small: bool = False, transform: Transform | None =
     they enter the pipeline; ``params_hook`` may change the drawn
     :class:`~mimir.synth.body.BodyParams` (the truth follows the changed body).
     """
-    import mimir.synth as synth
+    from synth_images import _f32
+
+    from mimir import synth
     from mimir.preprocessing.fusion import fuse_stations
     from mimir.preprocessing.projection import make_image
     from mimir.preprocessing.reader import SignalSlice
     from mimir.preprocessing.stations import group_stations, pair_water_fat
-    from synth_images import _f32
 
     original = synth.draw_params
     if params_hook is not None:

@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from mimir.cli import app
 
 runner = CliRunner()
-COMMANDS = ["predict", "batch", "merge", "demo", "preprocess", "synth", "train", "fetch-weights", "list-targets"]
+COMMANDS = [
+    "predict", "batch", "merge", "demo", "preprocess", "synth", "train", "fetch-weights", "list-targets", "fit-reference"
+]
 FORBIDDEN = ("<bool>", "<list[", "<int", "<float", "<str>", "<path>", "{")
 
 

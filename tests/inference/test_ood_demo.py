@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest_models import single_torch_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

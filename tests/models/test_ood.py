@@ -7,8 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest_models import make_original_module, no_builtin_modules, random_resnet_state, single_torch_thread  # noqa: F401
+from conftest_models import (  # noqa: F401
+    make_original_module,
+    no_builtin_modules,
+    random_resnet_state,
+    single_torch_thread,
+)
 
 from mimir.errors import ModuleError
 from mimir.inference.predictions import OutputTarget, TargetPrediction, interval
@@ -84,7 +88,7 @@ def test_raw_scores_are_mean_squared_mahalanobis_per_dimension() -> None:
 def test_fit_reference_flag_line_and_a_shifted_sample() -> None:
     rng = np.random.default_rng(2)
     k, d = 2, 16
-    ind = lambda n: rng.standard_normal((k, n, d)) * np.linspace(0.5, 2, d)  # noqa: E731
+    ind = lambda n: rng.standard_normal((k, n, d)) * np.linspace(0.5, 2, d)
     ref = fit_reference(ind(400), ind(400), quantile=0.95)
     assert ref.groups == 1 and ref.size == k * d and ref.quantile == 0.95
     fresh = ref.scores(ind(2000))
@@ -132,7 +136,7 @@ def test_cross_fitting_scores_each_calibration_image_with_a_reference_that_did_n
     np.testing.assert_allclose(ref.mean[0], m_all, rtol=1e-6, atol=1e-6)
     # without cross-fitting: fit images only, the flag line on the calibration images as they are
     plain = fit_reference(fit, cal, folds=0, quantile=0.9)
-    m_fit, cov_fit, _ = ledoit_wolf(fit[0])
+    m_fit, _, _ = ledoit_wolf(fit[0])
     np.testing.assert_allclose(plain.mean[0], m_fit, rtol=1e-6, atol=1e-6)
     want = np.quantile(raw_scores(cal, plain.mean, plain.precision), 0.9)
     assert plain.threshold == pytest.approx(float(want), rel=1e-9)
@@ -276,12 +280,10 @@ def test_catalogue_and_converted_modules_carry_supports(tmp_path: Path) -> None:
 
 
 def test_builtin_demo_module_ships_a_verified_reference_and_supports() -> None:
-    from mimir.models.registry import builtin_modules_dir  # the real one (the fixture patches the registry's)
+    import mimir
 
-    import mimir.models.registry as registry
-
-    folder = Path(registry.__file__).parent.parent / "data" / "modules" / "phantom-demo"
-    del builtin_modules_dir
+    # the packaged folder itself (the no_builtin_modules fixture hides it from the registry)
+    folder = Path(mimir.__file__).parent / "data" / "modules" / "phantom-demo"
     spec = read_module(folder)
     assert spec.ood is not None
     verify_module(spec)  # members and reference hash as recorded

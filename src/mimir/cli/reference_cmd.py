@@ -2,17 +2,23 @@
 
 :func:`fit_reference_cmd` is a plain function registered here as the
 top-level command ``fit-reference``; a Typer sub-app (e.g. ``mimir qc``) can
-register the same function again with ``qc_app.command("fit-reference")(fit_reference_cmd)``.
+register the same function again with ``qc_app.command("fit-reference", epilog=EXIT_CODES_HELP)(fit_reference_cmd)``.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.markup import escape
 
-from mimir.cli.app import app, console, err_console, handle_errors, report_warning
+from mimir.cli.app import (
+    EXIT_CODES_HELP,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    report_warning,
+)
+from mimir.errors import EXIT_PARTIAL
 
 
 @handle_errors
@@ -23,10 +29,10 @@ def fit_reference_cmd(
     module: str = typer.Option(..., "-m", "--module", metavar="MODULE", help="Installed module name or module folder."),
     seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the cross-fitting folds."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
-    gpu: Optional[int] = typer.Option(None, "--gpu", metavar="N", help="Short for --device cuda:N."),  # noqa: UP007
+    gpu: int | None = typer.Option(None, "--gpu", metavar="N", help="Short for --device cuda:N."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, metavar="N", help="Images per forward pass."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the preprocessed-image cache."),
-    threads: Optional[int] = typer.Option(  # noqa: UP007
+    threads: int | None = typer.Option(
         None, "--threads", min=1, metavar="N", help="CPU threads for torch (default: torch's choice)."
     ),
 ) -> None:
@@ -70,6 +76,9 @@ def fit_reference_cmd(
         f"({escape(ood.file) if ood else ''}, sha256 {ood.sha256[:16] if ood else ''})",
         highlight=False,
     )
+    if result.failed:
+        err_console.print(f"{len(result.failed)} of {len(files)} input(s) could not be read (see above)", highlight=False)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
-app.command("fit-reference")(fit_reference_cmd)
+app.command("fit-reference", epilog=EXIT_CODES_HELP)(fit_reference_cmd)

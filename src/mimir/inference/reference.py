@@ -121,7 +121,7 @@ def fit_module_reference(
                 images.append(load_input(f, cache=cache))
             except MimirError as exc:
                 failed.append(str(exc))
-            except Exception as exc:  # one odd file must not stop the fit
+            except Exception as exc:  # noqa: BLE001  (one odd file must not stop the fit)
                 failed.append(f"{f}: unexpected error while reading ({type(exc).__name__}: {exc})")
         if images:
             feats.append(predictor.features(np.stack(images))[0])
