@@ -19,6 +19,12 @@ set              seeds              what
 ``nonbody``      740000-...         images that are no body at all (noise, shapes, gradients, ...)
 ===============  =================  ==================================================================
 
+The table in the README and docs/ood.md was made from the subsets generated
+in the time available (two processes per set, one from each end):
+``reference`` 10000-10139 and 10206-10249 (184), ``test`` 610000-610047 and
+610093-610199 (155); ``extreme`` skipped 4 seeds whose body left the
+generator's truth grid (56 of 60). The full default sets give a superset.
+
 Usage (resumable; run it in the background, it takes ~2 s per full-size subject)::
 
     nice python benchmarks/ood_data.py --out .scratch/ood --sets reference,calibration,test
