@@ -1,13 +1,23 @@
-"""Preprocessing speed and memory on full-size synthetic subjects, on one core.
+"""Preprocessing speed on full-size synthetic subjects: warm per subject, cold first subject, read time.
 
-One process pinned to one core preprocesses the subjects one after the other,
-as a `mimir batch` worker does (cache off). Per subject it prints the total
-seconds (zip -> image), the seconds spent only reading and decoding the
-water/fat slices from the zip, their ratio, and the process's peak resident
-memory so far. The first subject is the cold start of a fresh process.
+Three figures, each with the time spent only reading and decoding the zip's
+water/fat slices beside it (the floor that the rest is measured against):
 
-    python benchmarks/preprocess.py --n 6 --seed 100
-    python benchmarks/preprocess.py --fresh      # a new process per subject (all cold)
+- warm: one process pinned to one core preprocesses the subjects one after
+  the other, as a `mimir batch` worker does (cache off); per subject the
+  minimum over ``--repeats`` passes, CPU time (user + system) and wall time;
+- cold: a fresh ``python`` process per try, from interpreter start to the
+  first image (imports, compiled-kernel loading and the subject itself);
+  minimum over ``--cold-repeats`` tries;
+- stages (``--stages``): CPU time of each step for the first subject (min of ``--repeats``).
+
+The machine may be shared: CPU times and minima are the figures to compare;
+wall times are printed beside them. ``MIMIR_NUMBA=0`` in the environment
+measures the plain NumPy path, ``MIMIR_NUMBA=1`` the compiled kernels from
+a process's first image on (see ``mimir.preprocessing.accel``).
+
+    python benchmarks/preprocess.py --n 3 --dir /tmp/bench-subjects
+    python benchmarks/preprocess.py --n 3 --stages
 """
 
 from __future__ import annotations
@@ -17,69 +27,169 @@ import multiprocessing as mp
 import os
 import platform
 import resource
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+_COLD = """
+import time
+t0 = time.perf_counter()
+from mimir.preprocessing.pipeline import preprocess
+preprocess({path!r}, cache=False)
+print(time.perf_counter() - t0)
+"""
 
-def _measure(zip_paths: list[str], queue: mp.Queue) -> None:
+
+def _pin_one_core() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+
+
+def _clock() -> tuple[float, float]:
+    return time.process_time(), time.perf_counter()
+
+
+def _warm(zip_paths: list[str], repeats: int, queue: mp.Queue) -> None:
+    _pin_one_core()
+    from mimir.preprocessing.pipeline import preprocess
     from mimir.preprocessing.reader import read_signal_slices
     from mimir.utils.memory import reuse_freed_memory
-    from mimir.preprocessing.pipeline import preprocess
 
     reuse_freed_memory()
+    preprocess(zip_paths[0], cache=False)  # first-call costs belong to the cold figure
     for path in zip_paths:
-        t0 = time.perf_counter()
-        read_signal_slices(path)
-        t_read = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        preprocess(path, cache=False)
-        t_total = time.perf_counter() - t0
+        best = [float("inf")] * 4
+        for _ in range(repeats):
+            c0, w0 = _clock()
+            read_signal_slices(path)
+            c1, w1 = _clock()
+            preprocess(path, cache=False)
+            c2, w2 = _clock()
+            best = [min(a, b) for a, b in zip(best, (c2 - c1, w2 - w1, c1 - c0, w1 - w0))]
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        queue.put((path, t_total, t_read, peak_mb))
+        queue.put((path, *best, peak_mb))
+
+
+def _stages(path: str, repeats: int, queue: mp.Queue) -> None:
+    """CPU seconds per step of one subject, the minimum over ``repeats`` passes (after a first, cold one)."""
+    _pin_one_core()
+
+    from mimir.preprocessing import fusion, projection, stations
+    from mimir.preprocessing.pipeline import preprocess
+    from mimir.preprocessing.reader import read_signal_slices
+    from mimir.utils.hashing import file_sha256
+    from mimir.utils.memory import reuse_freed_memory
+
+    reuse_freed_memory()
+    preprocess(path, cache=False)
+    best: dict[str, float] = {}
+
+    def record(name: str, seconds: float) -> None:
+        best[name] = min(best.get(name, float("inf")), seconds)
+
+    def step(name, fn, *args):  # type: ignore[no-untyped-def]
+        t = time.process_time()
+        out = fn(*args)
+        record(name, time.process_time() - t)
+        return out
+
+    for _ in range(repeats):
+        step("cache key (sha256 of the zip)", file_sha256, path)
+        slices = step("read + decode water/fat slices", read_signal_slices, path)
+        grouped = step("stations: group", stations.group_stations, slices, path)
+        sset = step("stations: pair water/fat", stations.pair_water_fat, grouped, path)
+        fused = step("fusion: resample, fade + correct, paste (water + fat)", fusion.fuse_stations, sset)
+        step("image: mask, Otsu, projections, fat fraction, resize", projection.make_image, fused.water, fused.fat)
+        del slices, grouped, sset, fused
+        step("preprocess() total, cache off", lambda: preprocess(path, cache=False))
+    queue.put(list(best.items()))
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _cold(path: str, repeats: int) -> tuple[float, float]:
+    """(min CPU s, min wall s) of a fresh interpreter from start to the first image."""
+    best_cpu = best_wall = float("inf")
+    env = _subprocess_env()
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _COLD.format(path=path)], check=True, env=env, capture_output=True)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        best_cpu, best_wall = min(best_cpu, cpu), min(best_wall, wall)
+    return best_cpu, best_wall
+
+
+def subjects(workdir: Path, n: int, seed: int) -> list[str]:
+    """Full-size synthetic subject zips (generated once, reused from ``workdir``)."""
+    from mimir.synth import generate_subject
+
+    paths = []
+    for i in range(n):
+        zip_path = workdir / f"{1000000 + seed + i}_20201_2_0.zip"
+        if not zip_path.exists():
+            generate_subject(workdir, seed=seed + i)
+        paths.append(str(zip_path))
+    return paths
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=6, help="number of subjects")
+    parser.add_argument("--n", type=int, default=3, help="number of subjects")
     parser.add_argument("--seed", type=int, default=100, help="first seed")
     parser.add_argument("--dir", type=Path, default=None, help="reuse/keep subjects here")
-    parser.add_argument("--fresh", action="store_true", help="a new process for every subject")
+    parser.add_argument("--repeats", type=int, default=3, help="warm passes per subject (minimum kept)")
+    parser.add_argument("--cold-repeats", type=int, default=3, help="fresh processes for the cold figure")
+    parser.add_argument("--stages", action="store_true", help="also print CPU time per step")
     args = parser.parse_args()
 
-    from mimir.synth import generate
-
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="mimir-bench-"))
-    paths = []
-    for i in range(args.n):
-        zip_path = workdir / f"{1000000 + args.seed + i}_20201_2_0.zip"
-        if not zip_path.exists():
-            generate(workdir, n=1, seed=args.seed + i)
-        paths.append(str(zip_path))
-
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = subjects(workdir, args.n, args.seed)
     ctx = mp.get_context("spawn")
-    groups = [[p] for p in paths] if args.fresh else [paths]
-    rows = []
-    print(f"{'subject':<26} {'total s':>8} {'read s':>8} {'ratio':>6} {'peak MB':>8}")
-    for group in groups:
+    path_mode = {"0": "NumPy only (MIMIR_NUMBA=0)", "1": "compiled kernels from the first image (MIMIR_NUMBA=1)"}.get(
+        os.environ.get("MIMIR_NUMBA", ""), "MIMIR_NUMBA=auto (a process's first image in NumPy, then compiled kernels)"
+    )
+    print(f"preprocessing, {path_mode}; one core of {os.cpu_count()}; {platform.machine()}; "
+          f"python {sys.version.split()[0]}; {time.strftime('%Y-%m-%d')}")
+
+    if args.stages:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_measure, args=(group, queue))
+        proc = ctx.Process(target=_stages, args=(paths[0], args.repeats, queue))
         proc.start()
-        for _ in group:
-            path, t_total, t_read, peak = queue.get()
-            rows.append((t_total, t_read, peak))
-            print(f"{Path(path).name:<26} {t_total:8.3f} {t_read:8.3f} {t_total / t_read:6.2f} {peak:8.0f}")
+        rows = queue.get()
         proc.join()
-    steady = rows if args.fresh or len(rows) < 2 else rows[1:]
-    tot = statistics.median(r[0] for r in steady)
-    rd = statistics.median(r[1] for r in steady)
-    label = "median (all cold)" if args.fresh else "median (2nd subject on)"
-    print(f"{label:<26} {tot:8.3f} {rd:8.3f} {tot / rd:6.2f} {max(r[2] for r in rows):8.0f}")
-    print(f"one core of {os.cpu_count()}; {platform.processor() or platform.machine()}; python {sys.version.split()[0]}")
+        print(f"\nstages of {Path(paths[0]).name} (CPU s, min of {args.repeats}):")
+        for name, t in rows:
+            print(f"  {name:<55} {t:7.3f}")
+
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_warm, args=(paths, args.repeats, queue))
+    proc.start()
+    print(f"\nwarm, min of {args.repeats}:")
+    print(f"  {'subject':<26} {'cpu s':>7} {'wall s':>7} {'read cpu':>9} {'read wall':>9} {'ratio':>6} {'peak MB':>8}")
+    warm = []
+    for _ in paths:
+        path, cpu, wall, rcpu, rwall, peak = queue.get()
+        warm.append((cpu, wall, rcpu, rwall))
+        print(f"  {Path(path).name:<26} {cpu:7.3f} {wall:7.3f} {rcpu:9.3f} {rwall:9.3f} {cpu / rcpu:6.2f} {peak:8.0f}")
+    proc.join()
+    cpu, wall, rcpu, rwall = (min(w[i] for w in warm) for i in range(4))
+    print(f"  {'best subject':<26} {cpu:7.3f} {wall:7.3f} {rcpu:9.3f} {rwall:9.3f} {cpu / rcpu:6.2f}")
+
+    if args.cold_repeats > 0:
+        ccpu, cwall = _cold(paths[0], args.cold_repeats)
+        print(f"\ncold first subject in a fresh process (interpreter start to image), min of {args.cold_repeats}:")
+        print(f"  cpu {ccpu:.3f} s   wall {cwall:.3f} s   (read + decode of that subject, warm: cpu {warm[0][2]:.3f} s)")
     return 0
 
 

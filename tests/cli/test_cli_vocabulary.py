@@ -14,9 +14,8 @@ from typer.testing import CliRunner
 from mimir.cli import app
 
 runner = CliRunner()
-COMMANDS = [
-    "predict", "batch", "merge", "demo", "preprocess", "synth", "train", "fetch-weights", "list-targets", "fit-reference"
-]
+COMMANDS = ["predict", "batch", "merge", "demo", "preprocess", "synth", "train", "fetch-weights", "list-targets",
+            "explain", "report", "fit-reference"]
 FORBIDDEN = ("<bool>", "<list[", "<int", "<float", "<str>", "<path>", "{")
 
 

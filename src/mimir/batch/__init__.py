@@ -12,7 +12,8 @@ Modules, one stage each, data flowing one way:
 - :mod:`~mimir.batch.records`: one atomic record per subject, the validity key, the final outputs;
 - :mod:`~mimir.batch.progress`: the progress display;
 - :mod:`~mimir.batch.runner`: a run from plan to outputs;
-- :mod:`~mimir.batch.merge`: combining the output folders of shards.
+- :mod:`~mimir.batch.merge`: combining the output folders of shards;
+- :mod:`~mimir.batch.report`: the self-contained HTML report of an output folder (``build_report``).
 
 Importing this package loads neither torch nor Ray.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["run_batch", "merge_outputs", "BatchResult", "MergeResult"]
+__all__ = ["run_batch", "merge_outputs", "build_report", "BatchResult", "MergeResult"]
 
 
 def __getattr__(name: str) -> Any:
@@ -33,4 +34,8 @@ def __getattr__(name: str) -> Any:
         from mimir.batch import merge
 
         return getattr(merge, name)
+    if name == "build_report":
+        from mimir.batch import report
+
+        return report.build_report
     raise AttributeError(f"module 'mimir.batch' has no attribute {name!r}")

@@ -6,8 +6,10 @@ Each command lives in its own module and registers itself on :data:`app`.
 from mimir.cli import (  # noqa: F401  (registers commands)
     batch_cmd,
     demo_cmd,
+    explain_cmd,
     fetch_cmd,
     predict_cmd,
+    report_cmd,
     preprocess_cmd,
     reference_cmd,
     synth_cmd,

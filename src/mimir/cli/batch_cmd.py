@@ -83,6 +83,9 @@ def batch_cmd(
         None, "--threads", min=1, metavar="N",
         help="torch CPU threads per inference process (default: torch's choice).", show_default=False,
     ),
+    report: bool = typer.Option(
+        False, "--report", help="Also write OUT_DIR/report.html (mimir report; needs pip install 'mimir[report]')."
+    ),
 ) -> None:
     """Predict a whole release: parallel preprocessing, batched inference, resumable.
 
@@ -99,6 +102,10 @@ def batch_cmd(
     from mimir.batch.runner import BatchOptions, execute
 
     out_dir: Path = pick_output(output, out_alias, required=True)
+    if report:
+        from mimir.outputs.figures import require_matplotlib
+
+        require_matplotlib("batch --report")  # fail before the run, not after it
     opts = BatchOptions(
         input=input, out_dir=str(out_dir), modules=module or None, device=device, gpus=parse_gpus(gpu),
         precision=precision, workers=workers, batch_size=batch_size, level=ci, retry_failed=retry_failed,
@@ -123,6 +130,11 @@ def batch_cmd(
         report_warning(f"{result.unfinished} subject(s) are unfinished; run the same command again to do them")
     if result.failed:
         say(f"{result.failed} subject(s) failed: see {out_dir / 'errors.csv'}", stderr=True)
+    if report:
+        from mimir.batch.report import build_report
+
+        written = build_report(out_dir)
+        say(f"report: {written.path} ({written.size_bytes / 1e6:.2f} MB)")
     raise typer.Exit(result.exit_code)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mimir.preprocessing import accel
 from mimir.preprocessing.stations import StationSet
 
 log = logging.getLogger("mimir")
@@ -138,6 +139,41 @@ def resample_station(voxels: np.ndarray, grid: Grid, i: int, dtype: type = np.fl
     return out
 
 
+def resample_trimmed(
+    voxels: np.ndarray, grid: Grid, i: int, cut_start: int, cut_end: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``resample_station(voxels, grid, i, float32)[:, :, cut_start : size - cut_end]``, computed directly.
+
+    With the compiled kernels (:mod:`mimir.preprocessing.kernels`, see
+    :mod:`mimir.preprocessing.accel` for when they are used) the
+    three interpolation passes run as one pass over memory and only the
+    kept slices are computed; the values are bit-identical to
+    :func:`resample_station`'s. Returns a new float32 array, or ``out``
+    (C-contiguous float32 of the trimmed shape) filled.
+    """
+    kernels = accel.compiled()
+    size = tuple(int(s) for s in grid.size[i])
+    depth = size[2] - cut_start - cut_end
+    if kernels is None or voxels.dtype != np.float32 or depth <= 0 or min(voxels.shape) == 0:
+        full = resample_station(voxels, grid, i, dtype=np.float32)
+        trimmed = full[:, :, cut_start : full.shape[2] - cut_end]
+        if out is None:
+            return trimmed
+        np.copyto(out, trimmed)
+        return out
+    shape = np.array(voxels.shape)
+    scale = (grid.origin_end[i] - grid.origin[i]) / shape
+    offset = grid.origin[i] - grid.start[i]
+    taps = []
+    for axis in range(3):
+        a0, a1, da = interpolation_taps(size[axis], int(shape[axis]), scale[axis], offset[axis])
+        taps += [a0, a1, 1 - da, da]
+    if out is None:
+        out = np.empty((size[0], size[1], depth), dtype=np.float32)
+    kernels.resample_into(np.ascontiguousarray(voxels), *taps, cut_start, out)
+    return out
+
+
 def _weighted_taps(volume: np.ndarray, index: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
     """``np.take(volume, index, axis) * weights`` as a new array, reading through a
     slice instead of a gathered copy when the indices are consecutive (always
@@ -233,6 +269,8 @@ def fade_and_correct(stations: list[np.ndarray], overlaps: np.ndarray, copy: boo
     float32 arrays; with ``copy=True`` the inputs are not modified.
     """
     out = [np.array(v, dtype=np.float32, copy=copy or v.dtype != np.float32) for v in stations]
+    if _fade_and_correct_slabs(out, overlaps):
+        return out
     n = len(out)
     for i in range(n):
         if i < n - 1 and overlaps[i] > 0:
@@ -264,6 +302,62 @@ def fade_and_correct(stations: list[np.ndarray], overlaps: np.ndarray, copy: boo
     return out
 
 
+def _fade_and_correct_slabs(out: list[np.ndarray], overlaps: np.ndarray) -> bool:
+    """:func:`fade_and_correct` in place on ``out`` (float32), through slice-major copies of the edges.
+
+    A slice ``[:, :, k]`` of a (rows, cols, slices) array is scattered in
+    memory; the seams touch up to nine slices at each end of a station, many
+    times. Here those slices are copied once into (slices, rows, cols)
+    blocks, faded and corrected there with the same operations (the same
+    float32 products, and the same ``np.mean``, which sums a slice in the
+    same order whatever its memory layout), and copied back.
+
+    Returns False, touching nothing, where a station is too short for its
+    head and tail edges to be disjoint; the caller then runs the plain code.
+    """
+    n = len(out)
+    fade_in = [int(overlaps[i - 1]) if i > 0 and overlaps[i - 1] > 0 else 0 for i in range(n)]
+    fade_out = [int(overlaps[i]) if i < n - 1 and overlaps[i] > 0 else 0 for i in range(n)]
+    for v, h, t in zip(out, fade_in, fade_out):
+        if v.ndim != 3 or (h or t) and (h + 1 if h else 0) + (t + 1 if t else 0) > v.shape[2]:
+            return False
+    # heads[i]: slices 0..h (h = fade-in length); tails[i]: slices depth-1-t .. depth-1.
+    heads = [np.ascontiguousarray(v[:, :, : h + 1].transpose(2, 0, 1)) if h else None for v, h in zip(out, fade_in)]
+    tails = [
+        np.ascontiguousarray(v[:, :, v.shape[2] - t - 1 :].transpose(2, 0, 1)) if t else None
+        for v, t in zip(out, fade_out)
+    ]
+    for i in range(n):
+        if fade_out[i]:
+            w = fade_weights(fade_out[i]).astype(np.float32)
+            tails[i][1:] *= w[::-1, None, None]  # slice depth-1-j times w[j]
+        if fade_in[i]:
+            w = fade_weights(fade_in[i]).astype(np.float32)
+            heads[i][:-1] *= w[:, None, None]
+    for i in range(n - 1):
+        o = fade_out[i]
+        if o <= 0:
+            continue
+        tail, head = tails[i], heads[i + 1]
+        # tail[s] is slice depth-1-o+s of station i; head[j] is slice j of station i+1.
+        mean_a = np.mean(head[o])
+        mean_b = np.mean(tail[0])
+        for j in range(o):
+            target = float(mean_b) + float(mean_a - mean_b) * ((j + 1) / (float(o) + 1))
+            current = float(np.mean(head[j]) + np.mean(tail[j + 1]))
+            if current == 0:
+                continue  # an empty slice pair: nothing to scale
+            factor = target / current
+            tail[j + 1] *= factor
+            head[j] *= factor
+    for v, head, tail in zip(out, heads, tails):
+        if head is not None:
+            v[:, :, : head.shape[0]] = head.transpose(1, 2, 0)
+        if tail is not None:
+            v[:, :, v.shape[2] - tail.shape[0] :] = tail.transpose(1, 2, 0)
+    return True
+
+
 def paste(stations: list[np.ndarray], start: np.ndarray, end: np.ndarray) -> np.ndarray:
     """Add stations into one float64 volume and reorient it (spec 6.4-6.6).
 
@@ -273,15 +367,32 @@ def paste(stations: list[np.ndarray], start: np.ndarray, end: np.ndarray) -> np.
     head-foot with the head at the end), :data:`TRIM_SLICES` removed at both
     ends of the last axis.
     """
-    volume = np.zeros(tuple(int(x) for x in end.max(axis=0)))
+    kernels = accel.compiled()
+    shape = tuple(int(x) for x in end.max(axis=0))
+    fast = kernels is not None and all(
+        v.dtype == np.float32 and v.shape == tuple(int(x) for x in b - a) and np.all(a >= 0)
+        for v, a, b in zip(stations, start, end)
+    )
+    # The compiled path writes every voxel itself (stations, zeros elsewhere),
+    # so the volume need not be zeroed first: one pass over its memory, not two.
+    volume = np.empty(shape) if fast else np.zeros(shape)
     written_to = 0  # slices below this index have been written by earlier stations
     for v, a, b in zip(stations, start, end):
         # Slices no earlier station reached are assigned (0 + x == x exactly),
         # the overlap with earlier stations is added, as the spec's running sum.
         split = min(max(written_to, a[2]), b[2])
-        rows, cols = slice(a[0], b[0]), slice(a[1], b[1])
-        volume[rows, cols, a[2] : split] += v[:, :, : split - a[2]]
-        volume[rows, cols, split : b[2]] = v[:, :, split - a[2] :]
+        if fast:
+            z0, z1 = int(split), int(b[2])
+            volume[:, :, written_to : a[2]] = 0  # a gap between stations
+            volume[: a[0], :, z0:z1] = 0  # around the station in the slices it writes first
+            volume[b[0] :, :, z0:z1] = 0
+            volume[a[0] : b[0], : a[1], z0:z1] = 0
+            volume[a[0] : b[0], b[1] :, z0:z1] = 0
+            kernels.paste_into(volume, v, int(a[0]), int(a[1]), int(a[2]), int(split))
+        else:
+            rows, cols = slice(a[0], b[0]), slice(a[1], b[1])
+            volume[rows, cols, a[2] : split] += v[:, :, : split - a[2]]
+            volume[rows, cols, split : b[2]] = v[:, :, split - a[2] :]
         written_to = max(written_to, b[2])
     volume = np.swapaxes(np.flip(volume, 2), 0, 1)
     return volume[:, :, TRIM_SLICES : volume.shape[2] - TRIM_SLICES]
@@ -301,6 +412,51 @@ class FusedVolumes:
     warnings: list[str]
 
 
+def _fuse_channel_compiled(channel: list, grid: Grid, plan: OverlapPlan) -> np.ndarray | None:
+    """One channel through the compiled kernels: the kept slices of every station resampled
+    (or copied) into one float32 buffer, faded and corrected there, then pasted in one sweep.
+
+    The values are those of the NumPy steps in :func:`fuse_stations`; None
+    (the caller takes those steps) when the kernels are off or a station's
+    size disagrees with its place on the grid (where :func:`paste` raises).
+    """
+    kernels = accel.compiled()
+    if kernels is None:
+        return None
+    shapes = []
+    for i, station in enumerate(channel):
+        v = station.voxels
+        size = grid.size[i] if needs_resampling(grid, i, v.shape) else np.array(v.shape)
+        shapes.append((int(size[0]), int(size[1]), int(size[2] - plan.cut_start[i] - plan.cut_end[i])))
+        if v.dtype != np.float32 or v.ndim != 3 or shapes[-1] != tuple(int(x) for x in plan.size[i]):
+            return None
+        if min(shapes[-1]) <= 0 or np.any(plan.start[i] < 0):
+            return None
+    counts = [a * b * c for a, b, c in shapes]
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    buf = np.empty(int(sum(counts)), dtype=np.float32)
+    placed = []
+    for i, station in enumerate(channel):
+        out = buf[offsets[i] : offsets[i] + counts[i]].reshape(shapes[i])
+        v = station.voxels
+        lo, hi = int(plan.cut_start[i]), int(plan.cut_end[i])
+        if needs_resampling(grid, i, v.shape):
+            resample_trimmed(v, grid, i, lo, hi, out=out)
+        else:
+            np.copyto(out, v[:, :, lo : v.shape[2] - hi])
+        placed.append(out)
+    fade_and_correct(placed, plan.overlaps, copy=False)  # in place: the views into buf
+    splits, written_to = [], 0
+    for a, b in zip(plan.start, plan.end):
+        splits.append(min(max(written_to, int(a[2])), int(b[2])))
+        written_to = max(written_to, int(b[2]))
+    volume = np.empty(tuple(int(x) for x in plan.end.max(axis=0)))
+    kernels.paste_all(volume, buf, offsets, np.array(shapes, dtype=np.int64),
+                      np.ascontiguousarray(plan.start, dtype=np.int64), np.array(splits, dtype=np.int64))
+    volume = np.swapaxes(np.flip(volume, 2), 0, 1)
+    return volume[:, :, TRIM_SLICES : volume.shape[2] - TRIM_SLICES]
+
+
 def fuse_stations(stations: StationSet) -> FusedVolumes:
     """Resample, trim, fade, correct and fuse water and fat (spec sections 4-6)."""
     shapes = np.array([s.voxels.shape for s in stations.fat])
@@ -308,14 +464,19 @@ def fuse_stations(stations: StationSet) -> FusedVolumes:
     plan, warnings = plan_overlaps(grid)
     fused = []
     for channel in (stations.water, stations.fat):
+        compiled = _fuse_channel_compiled(channel, grid, plan)
+        if compiled is not None:
+            fused.append(compiled)
+            continue
         placed = []
         for i, station in enumerate(channel):
             v = station.voxels
             if needs_resampling(grid, i, v.shape):
-                v = resample_station(v, grid, i, dtype=np.float32)  # a new array: ours to modify
+                # A new array: ours to modify. Only the slices kept after trimming are computed.
+                v = resample_trimmed(v, grid, i, int(plan.cut_start[i]), int(plan.cut_end[i]))
             else:
-                v = v.copy()  # never modify the caller's stations
-            v = v[:, :, plan.cut_start[i] : v.shape[2] - plan.cut_end[i]]
+                # A copy of the kept slices: never modify the caller's stations.
+                v = v[:, :, plan.cut_start[i] : v.shape[2] - plan.cut_end[i]].copy()
             placed.append(v)
         faded = fade_and_correct(placed, plan.overlaps, copy=False)
         fused.append(paste(faded, plan.start, plan.end))

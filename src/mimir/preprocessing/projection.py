@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mimir.preprocessing import accel
 from mimir.preprocessing.imageops import (
     minmax_to_u8,
     otsu_threshold,
@@ -110,12 +111,106 @@ def fat_fraction_channel(fat: np.ndarray, signal: np.ndarray, mask: np.ndarray) 
 
 def make_image(water: np.ndarray, fat: np.ndarray) -> np.ndarray:
     """The (3, 256, 256) uint8 image: water projection, fat projection, fat-fraction slices."""
-    body = body_mask(water, fat)
-    keep = slice(0, water.shape[1] - BED_ROWS)
+    image = _make_image_compiled(water, fat)
+    if image is None:
+        body = body_mask(water, fat)
+        keep = slice(0, water.shape[1] - BED_ROWS)
+        image = np.stack(
+            [
+                projection_channel(water[:, keep, :]),
+                projection_channel(fat[:, keep, :]),
+                fat_fraction_channel(fat[:, keep, :], body.signal[:, keep, :], body.mask[:, keep, :]),
+            ]
+        )
+    accel.image_made()
+    return image
+
+
+def otsu_thresholds_from_histograms(hist: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
+    """Otsu thresholds of many images at once from their 256-bin histograms.
+
+    Row ``i`` of ``hist`` (n, 256) is the histogram of an image over
+    [``lows[i]``, ``highs[i]``]; the result equals :func:`otsu_threshold`
+    of each image (the same operations, row-wise), and ``lows[i]`` where
+    the image is constant.
+    """
+    thresholds = lows.astype(np.float64).copy()
+    varied = np.flatnonzero(lows != highs)
+    if varied.size == 0:
+        return thresholds
+    nbins = hist.shape[1]
+    edges = np.stack([np.linspace(float(lows[i]), float(highs[i]), nbins + 1) for i in varied])
+    centers = (edges[:, :-1] + edges[:, 1:]) / 2.0
+    h = hist[varied].astype(np.float64)
+    weight1 = np.cumsum(h, axis=1)
+    weight2 = np.cumsum(h[:, ::-1], axis=1)[:, ::-1]
+    mean1 = np.cumsum(h * centers, axis=1) / weight1
+    mean2 = (np.cumsum((h * centers)[:, ::-1], axis=1) / weight2[:, ::-1])[:, ::-1]
+    variance12 = weight1[:, :-1] * weight2[:, 1:] * (mean1[:, :-1] - mean2[:, 1:]) ** 2
+    best = np.argmax(variance12, axis=1)
+    thresholds[varied] = centers[np.arange(len(varied)), best]
+    return thresholds
+
+
+def _make_image_compiled(water: np.ndarray, fat: np.ndarray) -> np.ndarray | None:
+    """:func:`make_image` through the compiled kernels: two passes over the volumes.
+
+    Returns None (the caller takes the NumPy path) when the kernels are
+    off, the inputs are not two float64 volumes of one shape laid out with
+    the head-foot axis innermost (other layouts make NumPy sum in another
+    order), or a signal value is not finite.
+    """
+    kernels = accel.compiled()
+    if kernels is None:
+        return None
+    if water.dtype != np.float64 or fat.dtype != np.float64 or water.ndim != 3 or water.shape != fat.shape:
+        return None
+    if min(water.shape) == 0 or water.shape[1] <= BED_ROWS:
+        return None
+    for v in (water, fat):
+        if abs(v.strides[2]) > min(abs(v.strides[0]), abs(v.strides[1])):
+            return None
+    n_lr, n_ap, n_hf = water.shape
+    keep = n_ap - BED_ROWS
+    # (AP, LR, HF) views, HF in memory order; results are flipped back below.
+    flip = water.strides[2] < 0
+    w = np.swapaxes(water, 0, 1)
+    f = np.swapaxes(fat, 0, 1)
+    if flip:
+        w, f = w[:, :, ::-1], f[:, :, ::-1]
+    cor_w = np.zeros((n_lr, n_hf))
+    cor_f = np.zeros((n_lr, n_hf))
+    sag_w = np.zeros((keep, n_hf))
+    sag_f = np.zeros((keep, n_hf))
+    lows = np.empty(n_ap)
+    highs = np.empty(n_ap)
+    hist = np.zeros((n_ap, 256), dtype=np.int64)
+    if not kernels.projection_pass(w, f, keep, cor_w, cor_f, sag_w, sag_f, lows, highs, hist):
+        return None
+    threshold = float(np.mean(otsu_thresholds_from_histograms(hist, lows, highs)))
+    counts_ap = np.zeros(keep, dtype=np.int64)
+    counts_lr = np.zeros(n_lr, dtype=np.int64)
+    kernels.mask_counts(w, f, keep, threshold, counts_ap, counts_lr)
+    if flip:
+        cor_w, cor_f, sag_w, sag_f = (a[:, ::-1] for a in (cor_w, cor_f, sag_w, sag_f))
+    mass = int(counts_ap.sum())
+    mass_half = int(counts_lr[: n_lr // 2].sum())
+    i_cor = mass_slice_index(counts_ap, mass / 2)
+    i_sag = mass_slice_index(counts_lr, mass_half / 2)
+    ff = []
+    for fat_slice, water_slice in ((fat[:, i_cor, :], water[:, i_cor, :]), (fat[i_sag, :keep, :], water[i_sag, :keep, :])):
+        signal = water_slice + fat_slice
+        signal[signal == 0] = 1
+        ff.append(encode_fat_fraction(np.rot90(1000 * fat_slice / signal, 1)))
     return np.stack(
         [
-            projection_channel(water[:, keep, :]),
-            projection_channel(fat[:, keep, :]),
-            fat_fraction_channel(fat[:, keep, :], body.signal[:, keep, :], body.mask[:, keep, :]),
+            _projection_from_sums(cor_w, sag_w),
+            _projection_from_sums(cor_f, sag_f),
+            _side_by_side(ff[0], ff[1]),
         ]
     )
+
+
+def _projection_from_sums(coronal_sum: np.ndarray, sagittal_sum: np.ndarray) -> np.ndarray:
+    """:func:`projection_channel` from the sums over AP (LR, HF) and over LR (AP, HF)."""
+    return _side_by_side(minmax_to_u8(np.rot90(coronal_sum, 1)), minmax_to_u8(np.rot90(sagittal_sum, 1)))

@@ -1,0 +1,187 @@
+"""``mimir explain``: saliency maps per subject and target (and their mean over subjects)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.markup import escape
+
+from mimir.cli.app import EXIT_CODES_HELP, app, console, handle_errors, parse_gpus, report_error
+from mimir.errors import EXIT_ERROR, EXIT_PARTIAL, MimirError, UsageError
+from mimir.inference.saliency import METHODS
+from mimir.utils import atomic
+
+#: Display blur (Gaussian sigma, pixels) of the pixel-level methods' figures.
+DISPLAY_SMOOTH_PX = 3.0
+#: Folder of the aggregated maps inside -o.
+AGGREGATE_DIR = "aggregate"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for ext in (".zip", ".npy"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+    return _SAFE.sub("_", name) or "input"
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic.atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array, allow_pickle=False)
+
+
+@app.command("explain", epilog=EXIT_CODES_HELP)
+@handle_errors
+def explain_cmd(
+    inputs: list[str] = typer.Argument(
+        ..., metavar="INPUT...",
+        help="Subject zips (field 20201) or .npy images; a folder means the *_20201_*_*.zip and .npy files "
+        "in it and its subfolders.",
+        show_default=False,
+    ),
+    module: Optional[list[str]] = typer.Option(  # noqa: UP007 (typer needs Optional)
+        None, "-m", "--module", metavar="MODULE",
+        help="Module name or folder (repeatable). Default: every installed module except the synthetic demo.",
+        show_default=False,
+    ),
+    target: Optional[list[str]] = typer.Option(  # noqa: UP007
+        None, "-t", "--target", metavar="TARGET",
+        help="Target to explain (repeatable). Default: every target of the modules.", show_default=False,
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", metavar="DIR", help="Folder for the PNGs, maps (.npy) and explain.json.",
+        show_default=False,
+    ),
+    method: str = typer.Option(
+        "gradcam", "--method", help=f"Saliency method: {', '.join(METHODS)}.", metavar="METHOD"
+    ),
+    aggregate: bool = typer.Option(
+        False, "--aggregate", help="Also write the mean normalised map per target over all inputs."
+    ),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
+    gpu: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--gpu", metavar="N", help="GPU index: short for --device cuda:N.", show_default=False
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the preprocessed-image cache."),
+    threads: Optional[int] = typer.Option(  # noqa: UP007
+        None, "--threads", min=1, metavar="N", help="CPU threads for torch (default: torch's choice).",
+        show_default=False,
+    ),
+) -> None:
+    """Show where the network looks: a saliency map per subject and target.
+
+    For each input and target: OUT/<subject>/<module>.<target>.png (the water,
+    fat and fat-fraction channels with the map overlaid) and .npy (the map,
+    float32 256 x 256, unit sum). Default method: Grad-CAM on the last
+    convolutional block, averaged over the ensemble's members.
+    --aggregate adds OUT/aggregate/ (the mean map over the inputs, on their
+    mean image). OUT/explain.json records the method, modules and files.
+
+    Example: [bold]mimir explain subject.zip -m phantom-demo -t liver_fat_percent -o explain/[/]
+    """
+    from mimir.cli.predict_cmd import expand_inputs
+    from mimir.inference.explain import Aggregate, Explainer
+    from mimir.outputs.figures import require_matplotlib, saliency_figure
+    from mimir.preprocessing.pipeline import load_input
+
+    if method not in METHODS:
+        raise UsageError(f"unknown --method {method!r}", hint=f"Choose one of: {', '.join(METHODS)}.")
+    require_matplotlib("explain")  # fail before any work
+    if output.exists() and not output.is_dir():
+        raise UsageError("exists and is not a folder", path=str(output), hint="Give a folder for -o.")
+    files, refused = expand_inputs(inputs)
+    gpus = parse_gpus(gpu, single=True)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    explainer = Explainer(module or None, targets=target or None, method=method, device=device,
+                          gpu=gpus[0] if gpus else None)
+    console.print(f"method: {escape(explainer.description)}", highlight=False)
+    agg = Aggregate() if aggregate else None
+    # pixel-level maps are speckled: the figures (not the .npy maps) show them blurred
+    smooth = 0.0 if method == "gradcam" else DISPLAY_SMOOTH_PX
+    shown = "" if smooth == 0 else f"; shown blurred (Gaussian sigma {smooth:g} px)"
+    written: list[dict[str, object]] = []
+    failed: list[dict[str, str]] = [{"input": p, "error": f"{p}: {reason}"} for p, reason in refused]
+    for item in failed:
+        report_error(item["error"])
+    stems: set[str] = set()
+    started = time.perf_counter()
+    for path in files:
+        stem = _stem(path)
+        if stem in stems:
+            failed.append({"input": path, "error": f"{path}: another input has the name {stem}; skipped"})
+            report_error(failed[-1]["error"])
+            continue
+        stems.add(stem)
+        try:
+            image = load_input(path, cache=not no_cache)
+        except MimirError as exc:
+            failed.append({"input": path, "error": str(exc)})
+            report_error(str(exc))
+            continue
+        items = explainer.explain(image)
+        folder = output / stem
+        for it in items:
+            base = folder / f"{it.module}.{it.target}"
+            _save_npy(base.with_name(base.name + ".npy"), it.saliency)
+            png = saliency_figure(
+                image, it.saliency,
+                title=f"{stem}  -  {it.module} {it.target}: {it.mean:.4g} {it.unit} (sd {it.sd:.2g})",
+                subtitle=f"saliency: {explainer.description}{shown}"
+                + ("" if float(it.saliency.sum()) > 0 else "; the map is zero (no evidence raising the prediction)"),
+                smooth_px=smooth,
+            )
+            atomic.write_bytes(base.with_name(base.name + ".png"), png)
+            written.append({"input": path, "subject": stem, "module": it.module, "target": it.target,
+                            "prediction": it.mean, "sd": it.sd, "unit": it.unit,
+                            "png": str(base.with_name(base.name + ".png").relative_to(output)),
+                            "npy": str(base.with_name(base.name + ".npy").relative_to(output))})
+        if agg is not None:
+            agg.add(image, items)
+        console.print(f"[green]ok[/] {escape(Path(path).name)}: {len(items)} map(s) in {escape(str(folder))}",
+                      highlight=False, soft_wrap=True)
+    aggregated: list[dict[str, object]] = []
+    if agg is not None and agg.images:
+        mean_image = agg.mean_image()
+        for (mod, tgt), m in agg.maps().items():
+            base = output / AGGREGATE_DIR / f"{mod}.{tgt}"
+            _save_npy(base.with_name(base.name + ".npy"), m)
+            atomic.write_bytes(base.with_name(base.name + ".png"), saliency_figure(
+                mean_image, m, title=f"mean of {agg.counts[(mod, tgt)]} subject(s)  -  {mod} {tgt}",
+                subtitle=f"aggregated saliency (mean of unit-sum maps): {explainer.description}{shown}",
+                smooth_px=smooth))
+            aggregated.append({"module": mod, "target": tgt, "subjects": agg.counts[(mod, tgt)],
+                               "png": str(base.with_name(base.name + ".png").relative_to(output)),
+                               "npy": str(base.with_name(base.name + ".npy").relative_to(output))})
+        _save_npy(output / AGGREGATE_DIR / "mean_image.npy", mean_image)
+    if written or aggregated:
+        summary = {
+            "format": "mimir-explain/1",
+            "method": method,
+            "method_description": explainer.description,
+            "map": "float32 (256, 256), non-negative, unit sum; rows head to knee, columns: coronal half then "
+                   "sagittal half; the explained output is the target's standardised mean",
+            "modules": explainer.identity(),
+            "targets": explainer.targets,
+            "maps": written,
+            "aggregate": aggregated,
+            "failed": failed,
+            "wall_s": round(time.perf_counter() - started, 3),
+        }
+        atomic.write_text(output / "explain.json", json.dumps(summary, indent=2) + "\n")
+    if not written:
+        report_error(f"none of the {len(files) + len(refused)} input(s) could be explained; nothing written")
+        raise typer.Exit(EXIT_ERROR)
+    console.print(f"wrote {len(written)} map(s) for {len(files) + len(refused) - len(failed)} subject(s) to "
+                  f"{escape(str(output))} ({method})", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(EXIT_PARTIAL)
