@@ -96,6 +96,7 @@ def run_demo(
     """
     import numpy as np
 
+    from mimir.inference.predictions import SubjectResult
     from mimir.inference.predictor import Predictor
     from mimir.models.registry import get_module
     from mimir.outputs.preview import write_preview
@@ -128,8 +129,9 @@ def run_demo(
     predictor = Predictor([spec], device=device, level=level)
     seconds["load module"] = time.perf_counter() - t
     t = time.perf_counter()
-    (record,) = predictor.predict_images(image[None], [subject.zip_path])
-    record.qc_status, record.qc_flags = qc.status, list(qc.flags)
+    record = SubjectResult.for_input(subject.zip_path)
+    record.qc_status, record.qc_flags = qc.status, list(qc.flags)  # before predicting: OOD flags add to them
+    (record,) = predictor.predict_images(image[None], [record])
     seconds["predict"] = time.perf_counter() - t
     csv_path = out / "predictions.csv"
     write_results(csv_path, [record], predictor.layout)
