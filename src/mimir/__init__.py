@@ -5,6 +5,7 @@ start-up) stays fast and does not load torch until a model is needed.
 
 >>> import mimir
 >>> image = mimir.preprocess("1000001_20201_2_0.zip")   # (3, 256, 256) uint8
+>>> image, qc = mimir.preprocess_with_qc("1000001_20201_2_0.zip")   # qc.status, qc.flags
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ _API = {
     "generate_subject": "mimir.synth",
     "load_input": "mimir.preprocessing.pipeline",
     "load_image": "mimir.preprocessing.pipeline",
+    "preprocess_with_qc": "mimir.preprocessing.pipeline",
+    "load_input_with_qc": "mimir.preprocessing.pipeline",
+    "QCRecord": "mimir.preprocessing.qc",
+    "qc_files": "mimir.preprocessing.qc_table",
     "MimirError": "mimir.errors",
     "InputError": "mimir.errors",
     "predict": "mimir.inference.predictor",

@@ -96,11 +96,12 @@ def run_demo(
     """
     import numpy as np
 
+    from mimir.inference.predictions import SubjectResult
     from mimir.inference.predictor import Predictor
     from mimir.models.registry import get_module
     from mimir.outputs.preview import write_preview
     from mimir.outputs.writers import write_results
-    from mimir.preprocessing.pipeline import preprocess
+    from mimir.preprocessing.pipeline import preprocess_with_qc
     from mimir.synth import generate_subject
     from mimir.utils import atomic
 
@@ -115,7 +116,7 @@ def run_demo(
     seconds["generate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    image = preprocess(subject.zip_path, cache=False)
+    image, qc = preprocess_with_qc(subject.zip_path, cache=False)
     seconds["preprocess"] = time.perf_counter() - t
     stem = subject.zip_path.name[: -len(".zip")]
     npy = out / f"{stem}.npy"
@@ -128,7 +129,9 @@ def run_demo(
     predictor = Predictor([spec], device=device, level=level)
     seconds["load module"] = time.perf_counter() - t
     t = time.perf_counter()
-    (record,) = predictor.predict_images(image[None], [subject.zip_path])
+    record = SubjectResult.for_input(subject.zip_path)
+    record.qc_status, record.qc_flags = qc.status, list(qc.flags)  # before predicting: OOD flags add to them
+    (record,) = predictor.predict_images(image[None], [record])
     seconds["predict"] = time.perf_counter() - t
     csv_path = out / "predictions.csv"
     write_results(csv_path, [record], predictor.layout)

@@ -386,8 +386,9 @@ def test_preprocessing_workers_never_import_torch(zips) -> None:
     code = (
         "import sys\n"
         "from mimir.batch import local, stages\n"
-        "image, message = stages.preprocess_or_error('s', sys.argv[1], cache=False)\n"
-        "assert message is None and image.shape == (3, 256, 256), message\n"
+        "prepared, message = stages.preprocess_or_error('s', sys.argv[1], cache=False)\n"
+        "assert message is None and prepared.image.shape == (3, 256, 256), message\n"
+        "assert prepared.qc['status'] == 'ok', prepared.qc\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -106,7 +107,10 @@ def test_interrupted_then_resumed_is_identical(
     if sig != signal.SIGKILL:  # stopped cleanly: every child stopped, the run marked as interrupted
         stderr = proc.stderr.read().decode()  # type: ignore[union-attr]
         assert proc.returncode == 130, stderr
-        assert "run the same command again to resume" in stderr
+        # issue 10's Ctrl-C line: how many subjects are recorded, and how to go on
+        assert re.search(r"interrupted(; \d+ subject\(s\) are recorded in .*| before any subject was recorded in .*): "
+                         r"run the same command again to (do the rest|start)|interrupted before any subject was recorded in .*; "
+                         r"run the same command again to start", stderr), stderr
         assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     else:
         assert proc.returncode == -signal.SIGKILL

@@ -15,7 +15,7 @@ from mimir.cli import app
 
 runner = CliRunner()
 COMMANDS = ["predict", "batch", "merge", "demo", "preprocess", "synth", "train", "fetch-weights", "list-targets",
-            "explain", "report"]
+            "explain", "report", "qc", "fit-reference"]
 FORBIDDEN = ("<bool>", "<list[", "<int", "<float", "<str>", "<path>", "{")
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mimir.models.catalogue import catalogue_by_name
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -112,8 +114,12 @@ def test_original_module_import_and_predict_match_formulas(tmp_path: Path, no_ne
             var = float(row[f"{name}_variance_in_{unit}"])
             assert mean == pytest.approx(ref_mean[i, j], rel=1e-5)
             assert var == pytest.approx(ref_var[i, j], rel=1e-4)
-            assert float(row[f"{name}_ci_low_in_{unit}"]) == pytest.approx(mean - Z95 * math.sqrt(var), rel=1e-9, abs=1e-9)
-            assert float(row[f"{name}_ci_high_in_{unit}"]) == pytest.approx(mean + Z95 * math.sqrt(var), rel=1e-9, abs=1e-9)
+            # intervals are cut to the catalogue's support of the target (volumes, ages >= 0; percentages 0-100)
+            low, high = catalogue_by_name()[name].support
+            want_low = max(mean - Z95 * math.sqrt(var), low)
+            want_high = min(mean + Z95 * math.sqrt(var), 100.0 if high is not None else math.inf)
+            assert float(row[f"{name}_ci_low_in_{unit}"]) == pytest.approx(want_low, rel=1e-9, abs=1e-9)
+            assert float(row[f"{name}_ci_high_in_{unit}"]) == pytest.approx(max(want_high, low), rel=1e-9, abs=1e-9)
 
     r = runner.invoke(
         _cli(), ["predict", *map(str, paths), "-o", str(out_json), "--ci", "0.9", "--device", "cpu", "--threads", "1"]
@@ -127,7 +133,7 @@ def test_original_module_import_and_predict_match_formulas(tmp_path: Path, no_ne
         "intended_use",
     }
     assert doc[0]["ci_level"] == 0.9 and doc[0]["modules"] == {"module_test": {"version": "1.0", "intended_use": "research"}}
-    assert doc[0]["qc"] == {"status": None, "flags": []} and doc[0]["ood_scores"] == {}
+    assert doc[0]["qc"] == {"status": None, "flags": []} and doc[0]["ood_scores"] == {"module_test": None}  # no reference
     assert (vat["unit"], vat["field"], vat["module"], vat["module_version"], vat["level"]) == ("L", 22407, "module_test", "1.0", 0.9)
     assert vat["value"] == pytest.approx(ref_mean[0, 0], rel=1e-5)
     assert vat["sd"] == pytest.approx(math.sqrt(ref_var[0, 0]), rel=1e-4)

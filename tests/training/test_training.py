@@ -495,3 +495,28 @@ def test_interrupted_parallel_cli_run_keeps_a_checkpoint_per_worker(tmp_path: Pa
     else:
         left = subprocess.run(["ps", "-o", "pid,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
         raise AssertionError(f"processes left in the group: {left}")
+
+
+def test_training_stores_an_ood_reference_fitted_on_training_and_held_out_images(tmp_path: Path) -> None:
+    from mimir.inference.predictor import Predictor
+    from mimir.models.ood import feature_dim
+    from mimir.utils.hashing import file_sha256
+
+    data = _make_data(tmp_path / "data", n=50)
+    ds, infos = _dataset(data)
+    out = tmp_path / "with-ref"
+    cfg = TrainConfig(name="with-ref", **dict(TINY, val_fraction=0.4))
+    result = train(ds, infos, out, cfg)
+    spec = read_module(out)
+    assert spec.ood is not None and spec.ood == result.spec.ood
+    assert spec.ood.sha256 == file_sha256(out / spec.ood.file)
+    fitted = spec.ood.fitted
+    assert (fitted["fit_images"], fitted["calibration_images"]) == (30, 20)
+    assert fitted["split"].startswith("mean/covariance on training + held-out images")
+    ref = spec.load_reference()
+    assert ref.size == 2 * feature_dim(2) and ref.quantile == 0.99
+    recs = Predictor([out], device="cpu").predict_files(sorted(str(p) for p in (data / "images").glob("*.npy")))
+    scores = np.array([r.ood_scores["with-ref"] for r in recs])
+    assert np.all(np.isfinite(scores)) and np.all(scores > 0)
+    # the training images themselves lie mostly inside the flag line
+    assert np.mean(scores > 1) <= 0.1

@@ -86,7 +86,7 @@ class LocalConfig:
     cache: bool = True
     queue_size: int | None = None
     threads: int | None = None
-    #: ``f(name, path, cache=...) -> (image | None, message | None)``, a top-level
+    #: ``f(name, path, cache=...) -> (image or Prepared | None, message | None)``, a top-level
     #: (picklable) function; None means :func:`mimir.batch.stages.preprocess_or_error`.
     preprocess: Callable[..., tuple[Any, str | None]] | None = None
 

@@ -36,7 +36,7 @@ from mimir.batch.inputs import InputFile
 from mimir.batch.local import EngineError, EngineReport, Hooks, LocalConfig
 from mimir.batch.progress import Monitor
 from mimir.batch.records import STAGE_PREPROCESS
-from mimir.batch.stages import IMAGE_SHAPE, Outcome
+from mimir.batch.stages import IMAGE_SHAPE, Outcome, Prepared
 from mimir.errors import MimirError, UsageError
 
 #: Rows per block of the input dataset at most (a preprocessing task handles one block).
@@ -78,12 +78,13 @@ def _preprocess_row(row: dict[str, Any], *, cache: bool) -> dict[str, Any]:
     from mimir.batch.stages import preprocess_or_error
 
     t0 = time.perf_counter()
-    image, message = preprocess_or_error(row["name"], row["path"], cache=cache)
+    prepared, message = preprocess_or_error(row["name"], row["path"], cache=cache)
     return {
         "idx": row["idx"],
         "name": row["name"],
         "path": row["path"],
-        "image": b"" if image is None else np.ascontiguousarray(image, dtype=np.uint8).tobytes(),
+        "image": b"" if prepared is None else np.ascontiguousarray(prepared.image, dtype=np.uint8).tobytes(),
+        "qc": "" if prepared is None or prepared.qc is None else json.dumps(prepared.qc),
         "message": message or "",
         "busy": time.perf_counter() - t0,
     }
@@ -112,7 +113,8 @@ class _InferenceActor:
         good = [k for k, m in enumerate(messages) if not m]
         items = [
             (str(batch["name"][k]), str(batch["path"][k]),
-             np.frombuffer(batch["image"][k], dtype=np.uint8).reshape(IMAGE_SHAPE))
+             Prepared(np.frombuffer(batch["image"][k], dtype=np.uint8).reshape(IMAGE_SHAPE),
+                      json.loads(str(batch["qc"][k])) if str(batch["qc"][k]) else None))
             for k in good
         ]
         rows = [""] * len(idx)

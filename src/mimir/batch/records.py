@@ -252,6 +252,8 @@ class Outputs:
     predicted: int = 0
     failed: int = 0
     missing: list[str] = field(default_factory=list)
+    #: predicted subjects per QC verdict of their input ("ok", "warn", "fail", "" when not computed)
+    qc: dict[str, int] = field(default_factory=dict)
 
 
 def _json_item(obj: Mapping[str, Any]) -> str:
@@ -319,6 +321,8 @@ def write_outputs(
                         writer.writerow(record["row"])
                     items.add(record["json"])
                     result.predicted += 1
+                    verdict = str(record["row"].get("qc_status", ""))
+                    result.qc[verdict] = result.qc.get(verdict, 0) + 1
                 else:
                     err = record.get("error") or {}
                     source = record.get("source", "")

@@ -412,7 +412,9 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
             unfinished = len(written.missing)
             run["status"] = "complete" if unfinished == 0 else "incomplete"
             run["counts"].update(
-                {"predicted": written.predicted, "failed": written.failed, "unfinished": unfinished}
+                {"predicted": written.predicted, "failed": written.failed, "unfinished": unfinished,
+                 "qc_flagged": written.qc.get("warn", 0) + written.qc.get("fail", 0),
+                 "qc_warn": written.qc.get("warn", 0), "qc_fail": written.qc.get("fail", 0)}
             )
             if unfinished_by_engine:
                 run["note"] = f"{unfinished_by_engine} subject(s) were lost with a dying process; run again to do them"

@@ -65,18 +65,28 @@ def one_line(exc: BaseException, path: str | None = None) -> str:
     return " ".join(text.split())
 
 
-def preprocess_subject(path: str, *, cache: bool = True) -> np.ndarray:
-    """The (3, 256, 256) uint8 image of one input: a subject zip (preprocessed) or a ``.npy``.
+@dataclass
+class Prepared:
+    """A preprocessed input: the (3, 256, 256) uint8 ``image`` and its QC record as JSON
+    (:meth:`mimir.preprocessing.qc.QCRecord.to_json`; None for a ``.npy`` input)."""
+
+    image: np.ndarray
+    qc: dict[str, Any] | None = None
+
+
+def preprocess_subject(path: str, *, cache: bool = True) -> Prepared:
+    """The image and QC record of one input: a subject zip (preprocessed) or a ``.npy``.
 
     Raises :class:`~mimir.errors.InputError` (or anything else for a bug) on failure.
     """
     # mimir.inference.predictor imports torch only inside Predictor, so this stays torch-free
-    from mimir.preprocessing.pipeline import load_input
+    from mimir.preprocessing.pipeline import load_input_with_qc
 
-    return load_input(path, cache=cache)
+    image, qc = load_input_with_qc(path, cache=cache)
+    return Prepared(image, None if qc is None else qc.to_json())
 
 
-def preprocess_or_error(name: str, path: str, *, cache: bool = True) -> tuple[np.ndarray | None, str | None]:
+def preprocess_or_error(name: str, path: str, *, cache: bool = True) -> tuple[Prepared | None, str | None]:
     """(image, None) on success, (None, one-line message) on any failure."""
     try:
         return preprocess_subject(path, cache=cache), None
@@ -121,10 +131,11 @@ class InferenceStage:
     def describe(self) -> str:
         return self.predictor.describe_device()
 
-    def predict(self, items: Sequence[tuple[str, str, np.ndarray]]) -> list[Outcome]:
+    def predict(self, items: Sequence[tuple[str, str, np.ndarray | Prepared]]) -> list[Outcome]:
         """Outcomes for up to ``batch_size`` (name, source, image) items, in order.
 
-        Images are (3, 256, 256) uint8. The forward pass always sees
+        Images are (3, 256, 256) uint8, or :class:`Prepared` (image and QC
+        record; the QC verdict and flags go into the row). The forward pass always sees
         ``batch_size`` images: missing places are filled with zeros.
         """
         if not items:
@@ -137,11 +148,14 @@ class InferenceStage:
         from mimir.inference.predictions import SubjectResult
 
         batch = np.zeros((self.batch_size, *IMAGE_SHAPE), dtype=np.uint8)
-        for i, (_, _, image) in enumerate(items):
-            batch[i] = image
         subjects = [SubjectResult.for_input(source) for _, source, _ in items]
-        for s, (name, _, _) in zip(subjects, items):
+        for i, (s, (name, _, image)) in enumerate(zip(subjects, items)):
             s.name = name
+            if isinstance(image, Prepared):
+                if image.qc is not None:
+                    s.qc_status, s.qc_flags = image.qc["status"], list(image.qc["flags"])
+                image = image.image
+            batch[i] = image
         padding = [SubjectResult(name="") for _ in range(self.batch_size - len(items))]
         results = self.predictor.predict_images(batch, subjects + padding)[: len(items)]
         layout = self.predictor.layout

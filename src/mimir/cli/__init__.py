@@ -11,6 +11,8 @@ from mimir.cli import (  # noqa: F401  (registers commands)
     predict_cmd,
     report_cmd,
     preprocess_cmd,
+    qc_cmd,
+    reference_cmd,
     synth_cmd,
     targets_cmd,
     train_cmd,

@@ -31,12 +31,18 @@ def synth(
     ),
     small: bool = typer.Option(False, "--small", help="Reduced size (64 columns, 12-18 slices per station) "
                                                       "for fast tests."),
+    swap_station: Optional[int] = typer.Option(  # noqa: UP007
+        None, "--swap-station", metavar="N", help="fat_water_swap / fat_water_swap_partial: the station (1-6) "
+        "to swap; default: drawn from the seed.", show_default=False),
+    swap_region: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--swap-region", metavar="REGION", help="fat_water_swap_partial: left, right, arms or slices; "
+        "default: drawn from the seed.", show_default=False),
 ) -> None:
     """Generate synthetic subjects: <eid>_20201_2_0.zip plus <eid>.truth.json.
 
     The same seed always gives the same bytes; eid = 1000000 + seed.
     Variants: rescan, missing_slice, wf_shape_mismatch, no_manifest, manifest_csv,
-    fat_water_swap, truncated, wf_position_mismatch, missing_station, no_overlap, no_dicom.
+    fat_water_swap, fat_water_swap_partial, truncated, wf_position_mismatch, missing_station, no_overlap, no_dicom.
 
     Example: [bold]mimir synth -o data/ --n 10 --seed 0 --small[/]
     """
@@ -46,6 +52,10 @@ def synth(
 
     out = pick_output(output, folder, required=True)
     default_eid(seed + n - 1)  # range check before writing anything
+    if swap_station is not None or swap_region is not None:  # option errors before writing anything
+        from mimir.synth import build_study
+
+        build_study(seed, variant=variant, small=True, swap_station=swap_station, swap_region=swap_region)
     table = Table(title=escape(f"synthetic subjects written to {out}"), title_justify="left")
     for col in ("eid", "sex", "kg", "cm", "VAT L", "ASAT L", "liver %", "thigh L", "zip MB"):
         table.add_column(col, justify="left" if col == "sex" else "right", no_wrap=True)
@@ -58,7 +68,8 @@ def synth(
     with bar:
         task = bar.add_task("synth", total=n)
         for i in range(n):
-            sub = generate_subject(out, seed + i, variant=variant, small=small)
+            sub = generate_subject(out, seed + i, variant=variant, small=small, swap_station=swap_station,
+                                   swap_region=swap_region)
             subjects.append(sub)
             bar.advance(task)
             t = sub.truth

@@ -101,11 +101,29 @@ def z_value(level: float = DEFAULT_LEVEL) -> float:
     return NormalDist().inv_cdf((1.0 + level) / 2.0)
 
 
-def interval(mean: Any, variance: Any, level: float = DEFAULT_LEVEL) -> tuple[Any, Any]:
-    """(low, high) = mean -+ z * sqrt(variance), element-wise."""
+def interval(
+    mean: Any,
+    variance: Any,
+    level: float = DEFAULT_LEVEL,
+    support: tuple[float | None, float | None] | None = None,
+) -> tuple[Any, Any]:
+    """(low, high) = mean -+ z * sqrt(variance), element-wise, cut to ``support``.
+
+    ``support`` (low, high), either None for unbounded, is the range of values
+    the target can take: each bound of the interval is clipped into it (an
+    interval wholly outside collapses onto the nearer end). The mean is never
+    changed, so it may lie outside its clipped interval.
+    """
     z = z_value(level)
     half = z * np.sqrt(variance)
-    return mean - half, mean + half
+    low, high = mean - half, mean + half
+    if support is not None:
+        lo, hi = support
+        if lo is not None:
+            low, high = np.maximum(low, lo), np.maximum(high, lo)
+        if hi is not None:
+            low, high = np.minimum(low, hi), np.minimum(high, hi)
+    return low, high
 
 
 # --------------------------------------------------------------------------- records
@@ -128,6 +146,8 @@ class OutputTarget:
     module: str
     module_version: str
     intended_use: str = "research"
+    #: (low, high) the values the target can take, either None for unbounded; None: unbounded
+    support: tuple[float | None, float | None] | None = None
 
     def columns(self) -> tuple[str, str, str, str]:
         """CSV columns: mean and variance (MIMIR's names), then the interval bounds."""
@@ -150,7 +170,7 @@ class TargetPrediction:
 
     @property
     def ci(self) -> tuple[float, float]:
-        low, high = interval(self.value, self.variance, self.level)
+        low, high = interval(self.value, self.variance, self.level, self.target.support)
         return float(low), float(high)
 
     def to_json(self) -> dict[str, Any]:
@@ -253,6 +273,29 @@ class SubjectResult:
         }
 
 
+#: QC code of a subject whose image lies outside a module's reference (``out_of_distribution:<module>``).
+OOD_FLAG = "out_of_distribution"
+#: An OOD score above this is flagged (scores are calibrated so that 1 is the flag line).
+OOD_LIMIT = 1.0
+
+
+def set_ood_score(record: SubjectResult, module: str, score: float | None) -> None:
+    """Record a module's OOD score on ``record``; flag it when above :data:`OOD_LIMIT`.
+
+    A flagged record gets ``out_of_distribution:<module>`` in ``qc_flags``
+    (once) and a ``qc_status`` of at least ``"warn"``. A non-finite score (the
+    features overflowed) counts as flagged. Calling it again for the same
+    module replaces the earlier verdict.
+    """
+    code = f"{OOD_FLAG}:{module}"
+    record.ood_scores[module] = None if score is None else (float(score) if math.isfinite(score) else math.inf)
+    record.qc_flags = [f for f in record.qc_flags if f != code]
+    if score is not None and not score <= OOD_LIMIT:
+        record.qc_flags.append(code)
+        if record.qc_status in (None, "ok"):
+            record.qc_status = "warn"
+
+
 #: The first columns of every wide CSV, in order.
 WIDE_LEAD = ["name", "eid", "instance", "qc_status", "qc_flags", "ci_level"]
 #: Per requested module, after :data:`WIDE_LEAD`: ``<module>`` + each suffix.
@@ -341,7 +384,7 @@ def parse_subject_name(path: str | Path) -> tuple[str, int | None, int | None]:
 def layout_for(
     modules: Iterable[tuple[str, str, Sequence[tuple[str, str, int | None]]] | tuple[str, str, Sequence[tuple[str, str, int | None]], str]],
 ) -> list[OutputTarget]:
-    """Output targets for modules given as (name, version, [(target, unit, field), ...][, intended_use]).
+    """Output targets for modules given as (name, version, [(target, unit, field[, support]), ...][, intended_use]).
 
     Modules come in request order. A target keeps its plain name unless an
     earlier module of the run already uses that name; then it is keyed
@@ -354,12 +397,12 @@ def layout_for(
     for entry in modules:
         mname, mversion, targets = entry[0], entry[1], entry[2]
         use = entry[3] if len(entry) > 3 else "research"  # type: ignore[misc]
-        for tname, unit, fid in targets:
+        for tname, unit, fid, *rest in targets:
             key = tname if tname not in used else f"{mname}.{tname}"
             used.add(tname)
             out.append(
                 OutputTarget(key=key, name=tname, unit=unit, field=fid, module=mname, module_version=mversion,
-                             intended_use=use)
+                             intended_use=use, support=rest[0] if rest else None)
             )
     return out
 

@@ -35,6 +35,7 @@ from mimir.inference.predictions import (
     csv_header,
     layout_for,
     mixture,
+    set_ood_score,
     z_value,
 )
 from mimir.models.modules import ModuleSpec, load_networks
@@ -112,7 +113,8 @@ def resolve_modules(modules: Iterable[str | os.PathLike[str] | ModuleSpec] | Non
 def layout_of_specs(specs: Iterable[ModuleSpec]) -> list[OutputTarget]:
     """The output targets (columns) of a run with these modules, in order; no weights are loaded."""
     return layout_for(
-        (s.name, s.version, [(t.name, t.unit, t.field) for t in s.targets], s.intended_use) for s in specs
+        (s.name, s.version, [(t.name, t.unit, t.field, t.support) for t in s.targets], s.intended_use)
+        for s in specs
     )
 
 
@@ -123,6 +125,8 @@ class LoadedModule:
     spec: ModuleSpec
     networks: list[Any]
     targets: list[OutputTarget]
+    #: the module's out-of-distribution reference (mimir.models.ood.OodReference), or None
+    reference: Any = None
 
 
 class Predictor:
@@ -183,7 +187,8 @@ class Predictor:
                     net = net.to(memory_format=torch.channels_last)
                 nets.append(net.eval())
             n = spec.num_targets
-            self.loaded.append(LoadedModule(spec, nets, self.layout[offset : offset + n]))
+            reference = spec.load_reference(verify=verify)
+            self.loaded.append(LoadedModule(spec, nets, self.layout[offset : offset + n], reference))
             offset += n
 
     # ------------------------------------------------------------------ identity
@@ -233,34 +238,51 @@ class Predictor:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def raw_outputs(self, images: np.ndarray | Any) -> list[np.ndarray]:
-        """Per module, the raw network outputs as float64 of shape (K, B, 2T)."""
+    def _forward(self, images: np.ndarray | Any, *, features: bool = False) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per module, (raw outputs (K, B, 2T) float64, pooled features (K, B, d) float32 or None).
+
+        Features are returned (from the same forward pass) when ``features`` is
+        true or the module has an OOD reference.
+        """
         import torch
 
         x = self._to_input(images)
         out = []
         with torch.inference_mode():
             for lm in self.loaded:
-                members = []
+                keep = features or lm.reference is not None
+                members, feat_list = [], []
                 for net in lm.networks:
                     # the backbone under autocast; the small final layer always in fp32,
                     # so that means and log variances keep their precision
                     with self._autocast():
                         feats = net.features(x)
-                    members.append(net.fc(feats.float()).cpu().numpy().astype(np.float64))
-                out.append(np.stack(members))
+                    feats = feats.float()
+                    members.append(net.fc(feats).cpu().numpy().astype(np.float64))
+                    if keep:
+                        feat_list.append(feats.cpu().numpy())
+                out.append((np.stack(members), np.stack(feat_list) if keep else None))
         return out
+
+    def raw_outputs(self, images: np.ndarray | Any) -> list[np.ndarray]:
+        """Per module, the raw network outputs as float64 of shape (K, B, 2T)."""
+        return [raw for raw, _ in self._forward(images)]
+
+    def features(self, images: np.ndarray | Any) -> list[np.ndarray]:
+        """Per module, the members' pooled penultimate features (K, B, d) float32."""
+        return [f for _, f in self._forward(images, features=True)]  # type: ignore[misc]
+
+    @staticmethod
+    def _combine(lm: LoadedModule, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, sd, cal, div = lm.spec.arrays()
+        converted = [convert_output(r, mu, sd, cal, div) for r in raw]
+        means = np.stack([c[0] for c in converted])
+        variances = np.stack([c[1] for c in converted])
+        return mixture(means, variances)
 
     def predict_arrays(self, images: np.ndarray | Any) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per module, (mean, variance) of shape (B, T) in display units, ensemble combined."""
-        results = []
-        for lm, raw in zip(self.loaded, self.raw_outputs(images)):
-            mu, sd, cal, div = lm.spec.arrays()
-            converted = [convert_output(r, mu, sd, cal, div) for r in raw]
-            means = np.stack([c[0] for c in converted])
-            variances = np.stack([c[1] for c in converted])
-            results.append(mixture(means, variances))
-        return results
+        return [self._combine(lm, raw) for lm, raw in zip(self.loaded, self.raw_outputs(images))]
 
     def predict_images(
         self,
@@ -276,7 +298,12 @@ class Predictor:
         n = images.shape[0] if getattr(images, "ndim", 0) == 4 else 1
         if len(records) != n:
             raise ValueError(f"{n} images but {len(records)} subjects")
-        per_module = self.predict_arrays(images)
+        forward = self._forward(images)
+        per_module = [self._combine(lm, raw) for lm, (raw, _) in zip(self.loaded, forward)]
+        ood = [
+            None if lm.reference is None or feats is None else lm.reference.scores(feats)
+            for lm, (_, feats) in zip(self.loaded, forward)
+        ]
         for i, rec in enumerate(records):
             preds: list[TargetPrediction] = []
             bad: list[str] = []
@@ -297,6 +324,8 @@ class Predictor:
                 continue
             rec.predictions = preds
             rec.error = None
+            for lm, scores in zip(self.loaded, ood):
+                set_ood_score(rec, lm.spec.name, None if scores is None else float(scores[i]))
         return records
 
     # ------------------------------------------------------------------ files
@@ -317,7 +346,7 @@ class Predictor:
         batch with the number of files done in it.
         """
         from mimir.preprocessing.pipeline import (
-            load_input,  # pydicom is imported only when files are read
+            load_input_with_qc,  # pydicom is imported only when files are read
         )
 
         records = [SubjectResult.for_input(p) for p in paths]
@@ -326,8 +355,11 @@ class Predictor:
             images, good = [], []
             for rec in chunk:
                 try:
-                    images.append(load_input(rec.source, cache=cache))
+                    image, qc = load_input_with_qc(rec.source, cache=cache)
+                    images.append(image)
                     good.append(rec)
+                    if qc is not None:
+                        rec.qc_status, rec.qc_flags = qc.status, list(qc.flags)
                 except MimirError as exc:
                     rec.error = str(exc)
                 except MemoryError:

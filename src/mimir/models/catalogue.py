@@ -2,8 +2,10 @@
 
 The packaged ``mimir/data/mimir_targets.csv`` holds the 71 targets of the
 published MIMIR modules with their UK Biobank field id, unit, group, the
-10-fold cross-validation figures (N, ICC, R2, MAE, MAPE) and, for 12 atlas
-targets, the later test figures.
+10-fold cross-validation figures (N, ICC, R2, MAE, MAPE), for 12 atlas
+targets the later test figures, and each target's support (the values it can
+take: volumes, masses and ages >= 0, percentages 0-100, sex 0-1) to which
+prediction intervals are cut.
 
 A leaf of :mod:`mimir.models`: it imports nothing else of mimir, so the module
 format (:mod:`mimir.models.modules`) can fill published metrics from it.
@@ -45,6 +47,8 @@ class CatalogueEntry:
     unit: str
     cv: Metrics | None
     test: Metrics | None
+    #: (low, high) values the target can take (either None: unbounded); None when the catalogue gives none
+    support: tuple[float | None, float | None] | None = None
 
     def metrics_json(self) -> dict[str, Any]:
         """Published metrics as stored in ``module.json`` (``cv`` and, where known, ``test``)."""
@@ -89,9 +93,17 @@ def catalogue() -> tuple[CatalogueEntry, ...]:
             unit=r["unit"].strip(),
             cv=_metrics(r, "cv"),
             test=_metrics(r, "test"),
+            support=_support(r),
         )
         for r in rows
     )
+
+
+def _support(row: dict[str, str]) -> tuple[float | None, float | None] | None:
+    """``support_low``/``support_high`` of a row (volumes and masses >= 0, percentages 0-100)."""
+    low = _num(row.get("support_low", ""), float)
+    high = _num(row.get("support_high", ""), float)
+    return None if low is None and high is None else (low, high)
 
 
 def catalogue_by_name() -> dict[str, CatalogueEntry]:

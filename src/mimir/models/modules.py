@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from mimir import __version__
 from mimir.errors import MimirError, ModuleError
+from mimir.models.ood import OodReference, OodSpec, load_reference, reference_bytes
 from mimir.utils.hashing import file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,9 +104,12 @@ class TargetSpec:
     calibration: float = 1.0
     #: published validation figures, e.g. {"cv": {"n":..,"icc":..,"r2":..,"mae":..,"mape_percent":..}}
     metrics: dict[str, Any] | None = None
+    #: values the target can take, in display units: (low, high), either None for unbounded;
+    #: intervals are cut to it (the mean is not). None: unbounded.
+    support: tuple[float | None, float | None] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "field": self.field,
             "unit": self.unit,
@@ -114,6 +118,9 @@ class TargetSpec:
             "calibration_factor": self.calibration,
             "metrics": self.metrics,
         }
+        if self.support is not None:  # absent, not null: module.json digests of older modules stay as they were
+            out["support"] = list(self.support)
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> TargetSpec:
@@ -127,7 +134,31 @@ class TargetSpec:
             sd=float(std["sd"]),
             calibration=float(d.get("calibration_factor", 1.0)),
             metrics=d.get("metrics"),
+            support=parse_support(d.get("support")),
         )
+
+
+def parse_support(value: Any) -> tuple[float | None, float | None] | None:
+    """``[low, high]`` (either may be null) -> (low, high); None stays None.
+
+    Raises ValueError for anything else: not a pair, a non-finite bound, low >= high.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"support must be [low, high], got {value!r}")
+    bounds: list[float | None] = []
+    for v in value:
+        if v is None:
+            bounds.append(None)
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            raise ValueError(f"support bounds must be finite numbers or null, got {v!r}")
+        bounds.append(float(v))
+    low, high = bounds
+    if low is not None and high is not None and not low < high:
+        raise ValueError(f"support low {low} must be below high {high}")
+    return (low, high)
 
 
 @dataclass
@@ -159,6 +190,8 @@ class ModuleSpec:
     input_pipeline: str = DEFAULT_PIPELINE
     #: provenance: how the module was made or converted (free-form, JSON-serialisable)
     source: dict[str, Any] = field(default_factory=dict)
+    #: the out-of-distribution reference (see mimir.models.ood); None: the module has none
+    ood: OodSpec | None = None
     #: folder holding module.json (not serialised)
     path: Path | None = None
     #: shipped inside the package (not serialised)
@@ -196,6 +229,7 @@ class ModuleSpec:
             "targets": [t.to_json() for t in self.targets],
             "members": [m.to_json() for m in self.members],
             "source": self.source,
+            **({"ood_reference": self.ood.to_json()} if self.ood is not None else {}),
         }
 
     def dumps(self) -> str:
@@ -215,6 +249,17 @@ class ModuleSpec:
         """sha256 of the canonical JSON of this spec (changes with any field or member)."""
         canon = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(canon.encode()).hexdigest()
+
+    def load_reference(self, *, verify: bool = True) -> OodReference | None:
+        """The module's OOD reference (sha256 checked), or None when it has none."""
+        if self.ood is None:
+            return None
+        if self.path is None:
+            raise ModuleError("module has no folder", path=self.name)
+        from mimir.models.ood import feature_dim
+
+        size = len(self.members) * feature_dim(self.width)
+        return load_reference(self.path, self.ood, module=self.name, size=size, verify=verify)
 
     def arrays(self) -> tuple[list[float], list[float], list[float], list[float]]:
         """(mean, sd, calibration, divisor) per target, for :func:`mimir.inference.predictions.convert_output`."""
@@ -315,8 +360,12 @@ def spec_from_json(data: Any, *, path: Path | None = None, where: str = MODULE_J
             )
         except OverflowError:
             raise ModuleError(f"{label} holds a number too large for a float", path=where) from None
-        _validate_target(spec, where)
         _validate_support(t.get("support"), spec.name, where)
+        try:
+            spec.support = parse_support(t.get("support"))
+        except ValueError as exc:
+            raise ModuleError(f"target {spec.name}: {_quote(str(exc))}", path=where) from None
+        _validate_target(spec, where)
         targets.append(spec)
     names = [t.name for t in targets]
     _check(len(set(names)) == len(names), "duplicate target names", where)
@@ -342,6 +391,10 @@ def spec_from_json(data: Any, *, path: Path | None = None, where: str = MODULE_J
     _check(isinstance(pipeline, str) and len(pipeline) <= 100, "input pipeline must be a short string", where)
     _text_field(data.get("intended_use"), "intended_use", where)
     _text_field(data.get("intended_use_note"), "intended_use", where)
+    ood = None
+    if data.get("ood_reference") is not None:
+        ood = OodSpec.from_json(data["ood_reference"], where)
+        _check(ood.file not in {m.file for m in members}, "ood_reference file is a member file", where)
     use, note = _intended_use(data.get("intended_use"), data.get("intended_use_note"), where)
     return ModuleSpec(
         name=name,
@@ -355,6 +408,7 @@ def spec_from_json(data: Any, *, path: Path | None = None, where: str = MODULE_J
         width=width,
         input_pipeline=pipeline,
         source=dict(source),
+        ood=ood,
         path=path,
     )
 
@@ -435,6 +489,11 @@ def _validate_target(t: TargetSpec, where: str) -> None:
         f"target {t.name}: divisor {t.divisor:g} is outside +-{ABS_DIVISOR_RANGE[0]:g} to {ABS_DIVISOR_RANGE[1]:g}",
         where,
     )
+
+    try:
+        parse_support(t.support)
+    except ValueError as exc:
+        raise ModuleError(f"target {t.name}: {exc}", path=where) from None
 
 
 def load_module_json(path: Path, where: str) -> Any:
@@ -530,6 +589,8 @@ def verify_module(spec: ModuleSpec) -> None:
                 path=spec.name,
                 hint=_reinstall_hint(spec),
             )
+    if spec.ood is not None:
+        spec.load_reference(verify=True)
 
 
 def _reinstall_hint(spec: ModuleSpec) -> str:
@@ -635,12 +696,16 @@ def write_module(
     input_pipeline: str = DEFAULT_PIPELINE,
     source: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    ood_reference: OodReference | None = None,
+    ood_fitted: Mapping[str, Any] | None = None,
 ) -> ModuleSpec:
     """Write a module folder at ``dest`` (atomically: all of it or nothing).
 
     ``state_dicts`` are ResNet50 state dicts (any width, all the same), with
     ``fc`` giving ``2 * len(targets)`` outputs. Members are saved as
-    ``member_<i>.safetensors``; their sha256 go into module.json.
+    ``member_<i>.safetensors``; their sha256 go into module.json. An
+    ``ood_reference`` (one entry per member) is saved as
+    ``ood_reference.safetensors`` and recorded with ``ood_fitted`` as its provenance.
     """
     from safetensors.torch import save_file
 
@@ -682,12 +747,70 @@ def write_module(
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
             save_file(tensors, str(tmp / fname), metadata={"format": "pt", "module": name, "member": str(i)})
             spec.members.append(MemberSpec(file=fname, sha256=file_sha256(tmp / fname)))
+        if ood_reference is not None:
+            from mimir.models.ood import REFERENCE_FILE
+
+            from mimir.models.ood import feature_dim
+
+            if ood_reference.size != len(state_dicts) * feature_dim(width):
+                raise ModuleError(
+                    f"OOD reference covers {ood_reference.size} features, the members give "
+                    f"{len(state_dicts) * feature_dim(width)}",
+                    path=name,
+                )
+            data = reference_bytes(ood_reference)
+            (tmp / REFERENCE_FILE).write_bytes(data)
+            spec.ood = OodSpec(
+                file=REFERENCE_FILE,
+                sha256=hashlib.sha256(data).hexdigest(),
+                threshold=ood_reference.threshold,
+                quantile=ood_reference.quantile,
+                fitted=dict(ood_fitted or {}),
+            )
         (tmp / MODULE_JSON).write_text(spec.dumps(), encoding="utf-8")
         _ordinary_modes(tmp)
         _fsync_tree(tmp)
         replace_dir(tmp, dest)
     spec.path = dest
     return spec
+
+
+def set_reference(spec: ModuleSpec, ref: OodReference, *, fitted: Mapping[str, Any] | None = None) -> ModuleSpec:
+    """Store ``ref`` in the module folder of ``spec`` and record it in module.json.
+
+    The file is named after its content (``ood_reference-<sha256[:16]>.safetensors``),
+    written before module.json is replaced (atomically), and any previous
+    reference file is removed afterwards: an interrupted call leaves the module
+    as it was. The members are not touched. Returns the updated spec.
+    """
+    import copy
+
+    from mimir.models.ood import REFERENCE_FILE
+    from mimir.utils.atomic import write_bytes, write_text
+
+    if spec.path is None:
+        raise ModuleError("module has no folder", path=spec.name)
+    from mimir.models.ood import feature_dim
+
+    if ref.size != len(spec.members) * feature_dim(spec.width):
+        raise ModuleError(
+            f"reference covers {ref.size} features, the module's {len(spec.members)} member(s) give "
+            f"{len(spec.members) * feature_dim(spec.width)}",
+            path=spec.name,
+        )
+    data = reference_bytes(ref)
+    sha = hashlib.sha256(data).hexdigest()
+    stem, suffix = REFERENCE_FILE.rsplit(".", 1)
+    fname = f"{stem}-{sha[:16]}.{suffix}"
+    write_bytes(spec.path / fname, data)
+    new = copy.copy(spec)
+    new.ood = OodSpec(file=fname, sha256=sha, threshold=ref.threshold, quantile=ref.quantile, fitted=dict(fitted or {}))
+    write_text(spec.path / MODULE_JSON, new.dumps())
+    old = spec.ood.file if spec.ood is not None else None
+    if old is not None and old != fname:
+        with contextlib.suppress(OSError):
+            (spec.path / old).unlink()
+    return new
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -818,6 +941,7 @@ def read_original_targets(folder: str | os.PathLike[str]) -> list[TargetSpec]:
             sd=mean_sd[1],
             calibration=cal[i],
             metrics=(entry.metrics_json() or None) if entry is not None else None,
+            support=entry.support if entry is not None else None,
         )
         _validate_target(spec, "metadata.txt")
         targets.append(spec)

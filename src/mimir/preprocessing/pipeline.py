@@ -7,6 +7,7 @@ zip -> signal slices (:mod:`mimir.preprocessing.reader`) -> stations
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 
@@ -14,11 +15,15 @@ import numpy as np
 
 from mimir.errors import ImageFileError
 from mimir.preprocessing import cache as image_cache
+from mimir.preprocessing import qc as qc_mod
 from mimir.preprocessing.fusion import FusedVolumes, fuse_stations
 from mimir.preprocessing.geometry import check_geometry
 from mimir.preprocessing.projection import IMAGE_SIZE, make_image
+from mimir.preprocessing.qc import QCRecord
 from mimir.preprocessing.reader import read_signal_slices
 from mimir.preprocessing.stations import StationSet, group_stations, pair_water_fat
+
+log = logging.getLogger("mimir")
 
 #: Version of the image contract. Images of one version are interchangeable;
 #: the cache and batch records are keyed by it.
@@ -47,11 +52,24 @@ def preprocess(path: str | os.PathLike[str], *, cache: bool = True) -> np.ndarra
     Channels: water projection, fat projection, fat-fraction slices. With
     ``cache=True`` the image is looked up by the zip's content hash first and
     stored after computing (see :mod:`mimir.preprocessing.cache`).
+    :func:`preprocess_with_qc` also returns the subject's QC record.
 
     Raises
     ------
     mimir.errors.InputError
         The zip cannot be turned into an image; the message says why.
+    """
+    return preprocess_with_qc(path, cache=cache)[0]
+
+
+def preprocess_with_qc(path: str | os.PathLike[str], *, cache: bool = True) -> tuple[np.ndarray, QCRecord]:
+    """The (3, 256, 256) uint8 image of a subject zip and its QC record (:class:`~mimir.preprocessing.qc.QCRecord`).
+
+    The QC record (verdict ``ok``/``warn``/``fail``, flags such as
+    ``fat_water_swap:station=3``, per-station swap numbers; see docs/qc.md) is
+    computed while the zip is decoded and cached with the image, so a cache
+    hit returns the same record. Flags are logged (at WARNING) only when the
+    zip is decoded.
     """
     key = None
     if cache and _hashable(path):
@@ -59,12 +77,37 @@ def preprocess(path: str | os.PathLike[str], *, cache: bool = True) -> np.ndarra
         if key is not None:
             hit = image_cache.load(key, PIPELINE_VERSION, IMAGE_SHAPE)
             if hit is not None:
-                return hit
-    volumes = preprocess_volumes(path)
+                record = _cached_qc(hit[1])
+                if record is not None:
+                    return hit[0], record
+    stations = read_stations(path)
+    try:
+        record = qc_mod.assess(stations)
+    except Exception as exc:  # noqa: BLE001 - QC informs; it must never cost a subject its image
+        log.warning("%s: QC could not be computed (%s: %s)", path, type(exc).__name__, exc)
+        record = QCRecord()
+        record.add(*stations.flags, "qc_incomplete")
+    volumes = fuse_stations(stations)
     image = make_image(volumes.water, volumes.fat)
+    repaired = set(stations.flags)  # already logged as sentences by the stations stage
+    for flag in record.flags:
+        if flag not in repaired:
+            log.warning("%s: QC %s", path, flag)
     if key is not None:
-        image_cache.store(key, PIPELINE_VERSION, image)
-    return image
+        image_cache.store(key, PIPELINE_VERSION, image, {"qc": record.to_json()})
+    return image, record
+
+
+def _cached_qc(meta: dict[str, object]) -> QCRecord | None:
+    """The QC record of a cache entry, or None when it lacks one of the current QC version."""
+    obj = meta.get("qc")
+    if not isinstance(obj, dict):
+        return None
+    try:
+        record = QCRecord.from_json(obj)
+    except ValueError:
+        return None
+    return record if record.version == qc_mod.QC_VERSION else None
 
 
 def _hashable(path: str | os.PathLike[str]) -> bool:
@@ -120,6 +163,11 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
 
 def load_input(path: str | os.PathLike[str], *, cache: bool = True) -> np.ndarray:
     """The image of one input: a subject zip is preprocessed, a ``.npy`` image loaded."""
+    return load_input_with_qc(path, cache=cache)[0]
+
+
+def load_input_with_qc(path: str | os.PathLike[str], *, cache: bool = True) -> tuple[np.ndarray, QCRecord | None]:
+    """The image of one input and its QC record; a ``.npy`` image has no QC record (None)."""
     if str(path).lower().endswith(".npy"):
-        return load_image(path)
-    return preprocess(path, cache=cache)
+        return load_image(path), None
+    return preprocess_with_qc(path, cache=cache)

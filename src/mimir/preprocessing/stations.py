@@ -47,12 +47,16 @@ class StationSet:
 
     ``water[i]`` and ``fat[i]`` share position and shape. Positions and
     spacings are taken from the water stations, as in the original
-    procedure. ``warnings`` lists the irregularities that were repaired.
+    procedure. ``warnings`` lists the irregularities that were repaired, as
+    sentences; ``flags`` the same as QC codes (``rescan_replaced:station=N``,
+    ``slices_dropped:station=N,n=K``, ``wf_shape_cropped:station=N``; N counts
+    the kept stations from 1, head first; see docs/qc.md).
     """
 
     water: list[Station]
     fat: list[Station]
     warnings: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
 
     @property
     def positions(self) -> np.ndarray:
@@ -132,6 +136,7 @@ def pair_water_fat(stations: list[Station], path: str | os.PathLike[str] | None 
             "water and fat stations are at different positions; the subject cannot be used", path
         )
     warnings: list[str] = []
+    repairs: list[tuple[int, str]] = []  # (water series number, QC code with details after "station=N")
 
     # Rescans: stations sharing one position keep the most recent (water SeriesTime).
     unique = np.unique(pos_w, axis=0)
@@ -148,6 +153,7 @@ def pair_water_fat(stations: list[Station], path: str | os.PathLike[str] | None 
                     f"(water series {water[chosen].series_number}), dropped series {dropped}"
                 )
                 keep.append(chosen)
+                repairs.append((water[chosen].series_number, "rescan_replaced:station={}"))
             else:
                 keep.append(int(idx[0]))
         water = [water[i] for i in keep]
@@ -161,6 +167,11 @@ def pair_water_fat(stations: list[Station], path: str | os.PathLike[str] | None 
                 f"water and fat of series {w.series_number}/{f.series_number} differ in shape "
                 f"{w.voxels.shape} vs {f.voxels.shape}; cropped both to {tuple(int(c) for c in common)}"
             )
+            if w.voxels.shape[:2] == f.voxels.shape[:2]:
+                dropped = abs(w.voxels.shape[2] - f.voxels.shape[2])
+                repairs.append((w.series_number, "slices_dropped:station={}" + f",n={dropped}"))
+            else:
+                repairs.append((w.series_number, "wf_shape_cropped:station={}"))
             crop = tuple(slice(0, int(c)) for c in common)
             water[i] = replace(w, voxels=np.ascontiguousarray(w.voxels[crop]))
             fat[i] = replace(f, voxels=np.ascontiguousarray(f.voxels[crop]))
@@ -170,4 +181,6 @@ def pair_water_fat(stations: list[Station], path: str | os.PathLike[str] | None 
     fat = [fat[i] for i in order]
     for w in warnings:
         log.warning("%s: %s", path, w)
-    return StationSet(water=water, fat=fat, warnings=warnings)
+    station_of = {s.series_number: k + 1 for k, s in enumerate(water)}
+    flags = [code.format(station_of[number]) for number, code in repairs]
+    return StationSet(water=water, fat=fat, warnings=warnings, flags=flags)

@@ -58,6 +58,7 @@ from mimir.utils.atomic import write_bytes, write_text
 __all__ = [
     "VARIANTS",
     "VARIANT_HELP",
+    "SWAP_REGIONS",
     "SynthSubject",
     "SynthSeries",
     "SynthStudy",
@@ -80,7 +81,11 @@ VARIANT_HELP: dict[str, str] = {
     "wf_shape_mismatch": "in one station the fat series has 2 fewer rows or 1 fewer slice than the water",
     "no_manifest": "no manifest in the zip",
     "manifest_csv": "the manifest is named manifest.csv",
-    "fat_water_swap": "water and fat swapped in a whole station (1-4) or in one leg (station 5 or 6)",
+    "fat_water_swap": "water and fat swapped in a whole station (1-4) or in one leg (station 5 or 6); "
+                      "with swap_station=N: the whole station N (1-6)",
+    "fat_water_swap_partial": "water and fat swapped in a region of one station: the left or right half "
+                              "(one leg), the arms (outer columns), or a run of slices at one end; "
+                              "swap_station / swap_region choose them",
     "truncated": "the zip cut off after 60 % of its bytes",
     "wf_position_mismatch": "the fat series of one station lies 5 mm away from its water (unusable subject)",
     "missing_station": "station 6 (series 21-24) missing",
@@ -309,7 +314,12 @@ class _Plan:
     missing_station: int | None = None
 
 
-def _plan(seed: int, variant: str | None, small: bool) -> _Plan:
+#: Regions of ``fat_water_swap_partial``.
+SWAP_REGIONS: tuple[str, ...] = ("left", "right", "arms", "slices")
+
+
+def _plan(seed: int, variant: str | None, small: bool, swap_station: int | None = None,
+          swap_region: str | None = None) -> _Plan:
     rng = np.random.default_rng([seed, 0x7A2])
     plan = _Plan()
     if variant == "no_overlap":
@@ -321,6 +331,24 @@ def _plan(seed: int, variant: str | None, small: bool) -> _Plan:
     elif variant == "missing_station":
         plan.missing_station = 6
         plan.details = {"missing_station": 6}
+    elif variant == "fat_water_swap" and swap_station is not None:
+        plan.swap = {"kind": "station", "station": int(swap_station)}
+        plan.details = dict(plan.swap)
+    elif variant == "fat_water_swap_partial":
+        region = swap_region or str(rng.choice(SWAP_REGIONS))
+        if swap_station is not None:
+            station = int(swap_station)
+        elif region == "arms":
+            station = int(rng.integers(2, 4))
+        else:
+            station = int(rng.integers(1, 7))
+        plan.swap = {"kind": "partial", "station": station, "region": region}
+        if region == "arms":
+            plan.swap["x_cut_mm"] = _round_half(float(rng.uniform(125.0, 150.0)))
+        elif region == "slices":
+            plan.swap["fraction"] = round(float(rng.uniform(0.3, 0.6)), 3)
+            plan.swap["end"] = "top" if rng.random() < 0.5 else "bottom"
+        plan.details = dict(plan.swap)
     elif variant == "fat_water_swap":
         if rng.random() < 0.5:
             plan.swap = {"kind": "station", "station": int(rng.integers(1, 5))}
@@ -347,29 +375,68 @@ def _plan(seed: int, variant: str | None, small: bool) -> _Plan:
     return plan
 
 
-def _channels(st: _Station, w: np.ndarray, f: np.ndarray, swap: dict[str, object] | None) -> dict[str, np.ndarray]:
-    """The four Dixon channels of one acquisition, with the fat-water swap applied if it hits it."""
+def _swap_mask(st: _Station, swap: dict[str, object], small: bool) -> np.ndarray:
+    """Boolean (slices, rows, cols) mask of the voxels whose water and fat are exchanged."""
+    mask = np.zeros((st.n, st.rows, st.cols), dtype=bool)
+    xp = st.x0 + PIXEL_SPACING * np.arange(st.cols)
+    kind, region = swap["kind"], swap.get("region")
+    if kind == "station":
+        mask[:] = True
+    elif kind == "leg" or region in ("left", "right"):
+        side = swap.get("side", region)
+        mask[:, :, (xp < 0) if side == "right" else (xp > 0)] = True
+    elif region == "arms":
+        cut = float(swap["x_cut_mm"]) * (SMALL_SCALE_XY if small else 1.0)  # type: ignore[arg-type]
+        mask[:, :, np.abs(xp) > cut] = True
+    elif region == "slices":
+        k = max(1, int(round(float(swap["fraction"]) * st.n)))  # type: ignore[arg-type]
+        if swap["end"] == "top":
+            mask[:k] = True
+        else:
+            mask[st.n - k:] = True
+    return mask
+
+
+def _channels(st: _Station, w: np.ndarray, f: np.ndarray, swap: dict[str, object] | None,
+              small: bool = False) -> dict[str, np.ndarray]:
+    """The four Dixon channels of one acquisition, with the fat-water swap applied if it hits it.
+
+    For a swap, ``swap["body_fraction"]`` is set to the share of the station's body voxels
+    (water + fat above 200) inside the swapped region.
+    """
     if swap is not None and swap["station"] == st.index:
-        if swap["kind"] == "station":
+        mask = _swap_mask(st, swap, small)
+        body = (w + f) > 200.0
+        swap["body_fraction"] = round(float(np.count_nonzero(body & mask) / max(1, np.count_nonzero(body))), 4)
+        if mask.all():
             w, f = f, w
         else:
-            xp = st.x0 + PIXEL_SPACING * np.arange(st.cols)
-            cols = (xp < 0) if swap["side"] == "right" else (xp > 0)
-            w2, f2 = w.copy(), f.copy()
-            w2[:, :, cols], f2[:, :, cols] = f[:, :, cols], w[:, :, cols]
-            w, f = w2, f2
+            w, f = np.where(mask, f, w), np.where(mask, w, f)
     return {"in": w + f, "opp": np.abs(w - f), "F": f, "W": w}
 
 
 def build_study(seed: int, variant: str | None = None, small: bool = False,
-                eid: int | None = None) -> SynthStudy:
+                eid: int | None = None, *, swap_station: int | None = None,
+                swap_region: str | None = None) -> SynthStudy:
     """The synthetic subject ``seed`` in memory: series, truth and study attributes.
 
+    ``swap_station`` (1-6) and ``swap_region`` (one of :data:`SWAP_REGIONS`) choose
+    where the ``fat_water_swap`` (whole station) and ``fat_water_swap_partial``
+    variants swap; left out, they are drawn from the seed.
+
     Raises :class:`~mimir.errors.UsageError` for an unknown variant or a bad
-    seed or eid.
+    seed, eid, station or region.
     """
     if variant is not None and variant not in VARIANTS:
         raise UsageError(f"unknown variant {variant!r}", hint=f"Choose one of: {', '.join(VARIANTS)}.")
+    if swap_station is not None or swap_region is not None:
+        if variant not in ("fat_water_swap", "fat_water_swap_partial"):
+            raise UsageError("swap_station and swap_region apply to the fat_water_swap variants only")
+        if swap_station is not None and not 1 <= int(swap_station) <= 6:
+            raise UsageError(f"swap station {swap_station} out of range", hint="Use a station from 1 to 6.")
+        if swap_region is not None and (variant != "fat_water_swap_partial" or swap_region not in SWAP_REGIONS):
+            raise UsageError(f"unknown swap region {swap_region!r}",
+                             hint=f"With fat_water_swap_partial choose one of: {', '.join(SWAP_REGIONS)}.")
     seed = int(seed)
     eid = default_eid(seed) if eid is None else int(eid)
     default_eid(seed)  # validates the seed range
@@ -378,7 +445,7 @@ def build_study(seed: int, variant: str | None = None, small: bool = False,
 
     body, truth_body = _drawn_body(seed)
     truth_body = copy.deepcopy(truth_body)
-    plan = _plan(seed, variant, small)
+    plan = _plan(seed, variant, small, swap_station, swap_region)
     stations, kz = _geometry(seed, small, plan.overlap_override)
     chin_margin = float(np.random.default_rng([seed, 0xC41]).uniform(45.0, 80.0))
     h_top = body.h_chin + chin_margin
@@ -409,7 +476,7 @@ def build_study(seed: int, variant: str | None = None, small: bool = False,
     series: list[SynthSeries] = []
     t = t0 + float(trng.uniform(30.0, 90.0))
     for k, (st, w, f, bad) in enumerate(acquisitions):
-        chans = _channels(st, w, f, None if bad else plan.swap)
+        chans = _channels(st, w, f, None if bad else plan.swap, small)
         prefix = "Dixon_noBH" if st.index in (1, 5, 6) else "Dixon_BH_17s"
         for j, kind in enumerate(KINDS):
             number = 4 * k + j + 1
@@ -435,6 +502,8 @@ def build_study(seed: int, variant: str | None = None, small: bool = False,
                 pixels=np.ascontiguousarray(pixels), z=np.asarray(z, np.float64),
                 x0=st.x0, y0=st.y0, spacing=st.spacing))
         t += float(trng.uniform(35.0, 80.0))
+    if plan.swap is not None:
+        details = dict(plan.swap)
     if plan.rescan_station is not None:
         nums = [s.number for s in series if s.station == plan.rescan_station]
         details = {"station": plan.rescan_station, "corrupted_series": nums[:4], "good_series": nums[4:]}
@@ -558,12 +627,15 @@ def study_zip_bytes(study: SynthStudy, compresslevel: int = 1) -> bytes:
 
 
 def generate_subject(out_dir: str | Path, seed: int, variant: str | None = None, small: bool = False,
-                     eid: int | None = None) -> SynthSubject:
+                     eid: int | None = None, *, swap_station: int | None = None,
+                     swap_region: str | None = None) -> SynthSubject:
     """Write ``{eid}_20201_2_0.zip`` and ``{eid}.truth.json`` into ``out_dir``.
 
     Both files are written atomically. Returns their paths and the truth.
+    ``swap_station`` and ``swap_region``: see :func:`build_study`.
     """
-    study = build_study(seed, variant=variant, small=small, eid=eid)
+    study = build_study(seed, variant=variant, small=small, eid=eid, swap_station=swap_station,
+                        swap_region=swap_region)
     out = Path(out_dir)
     zip_path = out / f"{study.eid}_20201_2_0.zip"
     truth_path = out / f"{study.eid}.truth.json"
@@ -573,9 +645,11 @@ def generate_subject(out_dir: str | Path, seed: int, variant: str | None = None,
 
 
 def generate(out_dir: str | Path, n: int, seed: int, variant: str | None = None,
-             small: bool = False) -> list[SynthSubject]:
+             small: bool = False, *, swap_station: int | None = None,
+             swap_region: str | None = None) -> list[SynthSubject]:
     """Write ``n`` subjects with seeds ``seed, seed + 1, ...`` into ``out_dir``."""
     if n < 1:
         raise UsageError(f"--n must be at least 1, got {n}")
     default_eid(seed + n - 1)
-    return [generate_subject(out_dir, seed + i, variant=variant, small=small) for i in range(n)]
+    return [generate_subject(out_dir, seed + i, variant=variant, small=small, swap_station=swap_station,
+                             swap_region=swap_region) for i in range(n)]

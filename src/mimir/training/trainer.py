@@ -625,6 +625,56 @@ def evaluate(
     return out
 
 
+# --------------------------------------------------------------------------- OOD reference
+
+
+def fit_training_reference(
+    state_dicts: Sequence[dict[str, Any]],
+    dataset: Dataset,
+    job: Job,
+    *,
+    device: Any = "cpu",
+    batch_size: int = 32,
+) -> tuple[Any, dict[str, Any]] | tuple[None, None]:
+    """The OOD reference of a freshly trained module, and its provenance; (None, None) with too few images.
+
+    With a hold-out split the mean/covariance come from all images and the
+    flag line from the held-out images (which no member saw), cross-fitted
+    (:func:`mimir.models.ood.fit_reference`). With folds the final members saw
+    every image: all images are cross-fitted, and the flag line, set on images
+    the networks were trained on, is somewhat low (more new in-distribution
+    images flagged than the nominal 1 %).
+    """
+    from mimir.models.ood import MIN_CALIBRATION, MIN_FIT, fit_reference, pooled_features
+    from mimir.models.resnet import ResNet50, architecture_of
+
+    nets = []
+    for sd in state_dicts:
+        width, outputs = architecture_of(sd)
+        net = ResNet50(num_outputs=outputs, width=width)
+        net.load_state_dict(sd, strict=True)
+        nets.append(net.eval().to(device))
+    if job.heldout.size >= MIN_CALIBRATION and job.train.size + job.heldout.size >= MIN_FIT + MIN_CALIBRATION:
+        fit_idx, cal_idx = np.sort(job.train), np.sort(job.heldout)
+        how = "mean/covariance on training + held-out images; flag line on the held-out images, 5-fold cross-fitted"
+    elif len(dataset.names) >= MIN_FIT + MIN_CALIBRATION:
+        fit_idx, cal_idx = np.zeros(0, dtype=np.int64), np.arange(len(dataset.names))
+        how = "all images, 5-fold cross-fitted (the flag line is set on images the networks saw)"
+    else:
+        return None, None
+    feats = pooled_features(nets, dataset.images, batch_size=batch_size, device=device)
+    ref = fit_reference(feats[:, fit_idx], feats[:, cal_idx])
+    fitted = {
+        "by": "mimir train",
+        "images": "the training data",
+        "fit_images": int(fit_idx.size),
+        "calibration_images": int(cal_idx.size),
+        "split": how,
+        "mimir_version": __version__,
+    }
+    return ref, fitted
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -682,9 +732,13 @@ def train(
         metrics = evaluate(dataset.values[rows], means, variances, names, config.calibration)
         method = f"{config.folds}-fold out-of-fold" if config.folds else f"holdout {config.val_fraction:g}"
 
+    from mimir.models.catalogue import catalogue_by_name
+
+    known = catalogue_by_name()
     specs = []
     for t, info in enumerate(targets):
         m = metrics.get(info.name)
+        entry = known.get(info.name)
         specs.append(
             TargetSpec(
                 name=info.name,
@@ -695,6 +749,7 @@ def train(
                 sd=float(final_sd[t]),
                 calibration=float(m["calibration_factor"]) if m else 1.0,
                 metrics={"validation": {"method": method, **m}} if m else None,
+                support=entry.support if entry is not None else None,  # a catalogue target's support
             )
         )
 
@@ -736,6 +791,11 @@ def train(
     }
     if source:
         src.update(source)
+    progress.message("fitting the out-of-distribution reference")
+    reference, ref_fitted = fit_training_reference(
+        [r.state_dict for _, r in members], dataset, members[0][0], device=trainer.device,
+        batch_size=config.eval_batch_size,
+    )
     spec = write_module(
         out,
         name=config.name,
@@ -747,6 +807,8 @@ def train(
         intended_use_note=config.intended_use_note,
         source=src,
         overwrite=overwrite,
+        ood_reference=reference,
+        ood_fitted=ref_fitted,
     )
     if not keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
