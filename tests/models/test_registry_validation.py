@@ -99,17 +99,18 @@ def test_poisoned_module_json_is_refused_in_one_line(good_module, tmp_path, edit
 
 
 def test_fields_of_other_issues_are_accepted(good_module, tmp_path):
-    """intended_use (issue 10), per-target support (issue 11b) and unknown keys pass validation."""
+    """intended_use (issue 10), per-target support (issue 11b) and unknown keys pass validation
+    (ood_reference is validated by its own parser, mimir.models.ood)."""
 
     def edit(d):
         d["intended_use"] = "research"
         d["targets"][0]["support"] = [None, 120.5]
         d["targets"][1]["support"] = [40, 80]
-        d["ood_reference"] = {"file": "ood.safetensors", "sha256": "0" * 64}
         d["something_new"] = {"a": [1, 2, 3]}
 
     spec = read_module(poisoned(good_module, tmp_path / "tiny", edit))
     assert spec.intended_use == "research" and spec.num_targets == 3
+    assert spec.targets[0].support == (None, 120.5) and spec.targets[1].support == (40.0, 80.0)
 
 
 def test_import_refuses_poisoned_module_and_leaves_registry_as_it_was(good_module, tmp_path, no_builtin_modules):
