@@ -86,3 +86,7 @@ class DownloadError(MimirError):
 class UsageError(MimirError):
     """Options that cannot work together, or a missing required resource."""
 
+
+
+class GeometryError(InputError):
+    """The stations' geometry is impossible for a human body (spacing, placement, gaps)."""

@@ -290,7 +290,7 @@ def test_shards_are_disjoint_and_cover_the_input(tmp_path: Path) -> None:
         assert res.exit_code == 0
         rows = [r["name"] for r in read_csv(out / "predictions.csv")]
         assert rows == sorted(n for n in names if shard_of(n, 3) == k)
-        assert {p.stem for p in record_files(out)} == set(rows)
+        assert {json.loads(p.read_text())["name"] for p in record_files(out)} == set(rows)
         seen += rows
     assert sorted(seen) == names  # disjoint (no name twice) and complete
 

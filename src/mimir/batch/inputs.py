@@ -24,12 +24,14 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from mimir.errors import UsageError
 from mimir.inference.predictions import parse_subject_name
+from mimir.utils.limits import describe_mode
 
 #: File-name pattern of a field-20201 subject zip found in a folder.
 ZIP_PATTERN = "*_20201_*_*.zip"
@@ -132,6 +134,22 @@ def list_paths(source: str | os.PathLike[str], *, skip: str | os.PathLike[str] |
     return _read_list(p)
 
 
+def _not_regular(path: str) -> str | None:
+    """Why ``path`` is refused without reading (a FIFO, a device, a folder), or None.
+
+    ``os.stat`` follows symbolic links and never opens the file, so a FIFO
+    cannot block discovery. A missing file is left to the preprocessing stage,
+    which reports it.
+    """
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # missing, or a name the OS cannot take (a NUL byte)
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return None
+    return f"is {describe_mode(st.st_mode)}, not a regular file; it was not read"
+
+
 def collect(paths: Iterable[str]) -> Inputs:
     """Name every path; refuse nameless inputs and names that more than one path shares."""
     by_name: dict[str, list[str]] = {}
@@ -142,6 +160,10 @@ def collect(paths: Iterable[str]) -> Inputs:
             problems.append(
                 InputProblem(Path(path).name, path, "has no subject name (the file name starts with a dot)")
             )
+            continue
+        odd = _not_regular(path)
+        if odd is not None:
+            problems.append(InputProblem(name, path, odd))
             continue
         by_name.setdefault(name, []).append(path)
     files: list[InputFile] = []

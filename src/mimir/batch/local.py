@@ -225,7 +225,9 @@ def inference_main(cid: int, device: str, config: LocalConfig, image_q: Any, con
             _send(conn, ("fatal", cid, f"inference failed ({type(exc).__name__}: {' '.join(str(exc).split())})"))
             return False
         busy = time.perf_counter() - t0
-        _send(conn, ("done", cid, [(p[0], o.row, o.obj) for p, o in zip(pending, outcomes)], wait_s, busy))
+        results = [(p[0], o.row, o.obj if o.ok else {"stage": o.stage, "message": o.message})
+                   for p, o in zip(pending, outcomes)]  # row None: the prediction failed (stage, message)
+        _send(conn, ("done", cid, results, wait_s, busy))
         pending.clear()
         wait_s = 0.0
         return True
@@ -437,7 +439,12 @@ class _Run:
             _, _, results, wait_s, busy = msg
             for idx, row, obj in results:
                 f = self.todo[idx]
-                self.finish(idx, Outcome(f.name, f.path, row=row, obj=obj, device=self.described.get(cid)))
+                device = self.described.get(cid)
+                if row is None:
+                    outcome = Outcome(f.name, f.path, stage=obj["stage"], message=obj["message"], device=device)
+                    self.finish(idx, outcome, f"failed: {f.path}: {obj['message']}")
+                else:
+                    self.finish(idx, Outcome(f.name, f.path, row=row, obj=obj, device=device))
             self.monitor.stage_times(infer_wait=wait_s, infer_busy=busy)
         elif kind == "bye":
             self.byes.add(cid)

@@ -120,8 +120,8 @@ class _InferenceActor:
         rows = [""] * len(idx)
         objs = [""] * len(idx)
         for k, o in zip(good, self.stage.predict(items)):
-            rows[k] = json.dumps(o.row)
-            objs[k] = json.dumps(o.obj)
+            rows[k] = json.dumps(o.row)  # null for a failed prediction (obj then holds stage and message)
+            objs[k] = json.dumps(o.obj if o.ok else {"stage": o.stage, "message": o.message})
         self.last = time.perf_counter()
         n = max(len(idx), 1)
         return {
@@ -241,8 +241,8 @@ class RayEngine:
                 outcome = Outcome(f.name, f.path, stage=STAGE_PREPROCESS, message=message, device=dev)
                 line: str | None = f"failed: {f.path}: {message}"
             else:
-                outcome = Outcome(f.name, f.path, row=json.loads(row["row"]), obj=json.loads(row["obj"]), device=dev)
-                line = None
+                outcome = _outcome(f.name, f.path, json.loads(row["row"]), json.loads(row["obj"]), dev)
+                line = None if outcome.ok else f"failed: {f.path}: {outcome.message}"
             if idx in done:
                 continue
             done.add(idx)
@@ -254,3 +254,10 @@ class RayEngine:
             monitor.tick()
         report.unfinished = len(todo) - len(done)
         return report
+
+
+def _outcome(name: str, path: str, row: Any, obj: Any, device: str) -> Outcome:
+    """The outcome of an inference result: a prediction, or (row None) a failed one with its stage."""
+    if row is None:
+        return Outcome(name, path, stage=str(obj.get("stage")), message=str(obj.get("message")), device=device)
+    return Outcome(name, path, row=row, obj=obj, device=device)

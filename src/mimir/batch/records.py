@@ -1,8 +1,9 @@
 """Per-subject records of a batch run, and the final outputs built from them.
 
 Every finished subject, predicted or failed, has one JSON record at
-``OUT_DIR/records/<xx>/<name>.json`` (``xx``: the first two hex digits of the
-sha256 of the name, so no folder holds more than ~1/256 of a release). A
+``OUT_DIR/records/<xx>/<key>.json`` (``xx``: the first two hex digits of the
+sha256 of the name, so no folder holds more than ~1/256 of a release; ``key``:
+:func:`record_key`, a bounded, collision-free file name). A
 record is written to a temporary file beside it and renamed into place, so a
 reader (or a resumed run) sees the whole record or none. Records are not
 fsynced: a record torn by a power cut is unreadable JSON, which counts as
@@ -52,6 +53,7 @@ ERRORS_CSV = "errors.csv"
 STAGE_INPUT = "input"  # refused before reading (e.g. two inputs with one name)
 STAGE_PREPROCESS = "preprocess"  # reading, checking and fusing the zip, or loading the .npy
 STAGE_WORKER = "worker"  # the preprocessing process died (e.g. killed for memory)
+STAGE_INFERENCE = "inference"  # the prediction is not finite (names the module and target)
 
 
 def run_key(pipeline_version: str, modules: Sequence[Mapping[str, Any]], level: float) -> dict[str, Any]:
@@ -112,6 +114,26 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+#: Characters of the subject name kept in a record's file name.
+KEY_NAME_CHARS = 80
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def record_key(name: str, digest: str | None = None) -> str:
+    """The file-name stem of a subject's record: a readable prefix of the name and a hash.
+
+    ``<first 80 safe characters of the name>.<first 20 hex digits of sha256(name)>``:
+    at most 101 ASCII characters whatever the name (a 230-character subject name
+    is fine on every file system), distinct for distinct names (the hash covers
+    the whole name; the record itself stores the name and is checked on reading),
+    and never colliding on case-insensitive file systems by accident of case alone
+    beyond the hash's 80 bits.
+    """
+    digest = digest or hashlib.sha256(name.encode("utf-8")).hexdigest()
+    readable = "".join(c if c in _SAFE else "_" for c in name[:KEY_NAME_CHARS]).lstrip(".") or "_"
+    return f"{readable}.{digest[:20]}"
+
+
 class RecordStore:
     """The records folder of one OUT_DIR."""
 
@@ -119,9 +141,13 @@ class RecordStore:
         self.root = Path(out_dir) / RECORDS_DIR
 
     def path_for(self, name: str) -> Path:
-        """Where the record of subject ``name`` lives."""
-        prefix = hashlib.sha256(name.encode("utf-8")).hexdigest()[:2]
-        return self.root / prefix / f"{name}.json"
+        """Where the record of subject ``name`` lives: ``records/<xx>/<key>.json``.
+
+        The key is :func:`record_key` (bounded length, collision-free), so any
+        subject name, however long or odd, gives a valid file name.
+        """
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
+        return self.root / digest[:2] / f"{record_key(name, digest)}.json"
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Write a record atomically (temporary file in the same folder, then rename)."""

@@ -36,6 +36,7 @@ from mimir.batch.records import (
     ERRORS_CSV,
     PREDICTIONS_CSV,
     PREDICTIONS_JSON,
+    RECORDS_DIR,
     STAGE_INPUT,
     ErrorRow,
     RecordStore,
@@ -151,7 +152,14 @@ def _locked(out_dir: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows: no lock
         yield
         return
-    fh = open(out_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fh = open(out_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole run
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write in the output folder ({exc.strerror or exc}; it holds the run's .lock)",
+            path=str(out_dir),
+            hint="Give an output folder you can write to (-o).",
+        ) from None
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -261,7 +269,13 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create the output folder ({exc.strerror})", path=opts.out_dir) from None
+        raise UsageError(
+            f"cannot create the output folder ({exc.strerror or exc})", path=opts.out_dir,
+            hint="Give a folder whose parent exists and is writable (-o).",
+        ) from None
+    if not out.is_dir():
+        raise UsageError("is a file, not a folder", path=opts.out_dir, hint="Give an output folder (-o).")
+    atomic.check_writable_dir(out, create=False)  # a real write: permissions, read-only mounts, root
     workers = opts.workers or usable_cpus()  # the Ray engine leaves it to Ray unless given
     devices = opts.devices()
 
@@ -314,8 +328,14 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
             },
             "started_at": started_at,
         }
-        write_subjects(out / SUBJECTS_CSV, inputs)
-        atomic.write_text(out / RUN_JSON, _dump(run))
+        try:
+            write_subjects(out / SUBJECTS_CSV, inputs)
+            atomic.write_text(out / RUN_JSON, _dump(run))
+        except OSError as exc:
+            raise RunError(
+                f"cannot write {SUBJECTS_CSV} or {RUN_JSON} ({exc.strerror or exc}); nothing was computed",
+                path=str(out), hint="Free space or fix the folder's permissions, then run again.",
+            ) from None
 
         provenance_base = {"mimir_version": __version__, "engine": opts.engine, "precision": opts.precision,
                            "batch_size": opts.batch_size}
@@ -385,19 +405,28 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
                 with contextlib.suppress(OSError):
                     atomic.write_text(out / RUN_JSON, _dump(run))
 
-        written = write_outputs(
-            out, names, lambda n: store.valid(n, key), header, input_errors, csv_layout=opts.csv_layout
-        )
-        unfinished = len(written.missing)
-        run["status"] = "complete" if unfinished == 0 else "incomplete"
-        run["counts"].update(
-            {"predicted": written.predicted, "failed": written.failed, "unfinished": unfinished,
-             "qc_flagged": written.qc.get("warn", 0) + written.qc.get("fail", 0),
-             "qc_warn": written.qc.get("warn", 0), "qc_fail": written.qc.get("fail", 0)}
-        )
-        if unfinished_by_engine:
-            run["note"] = f"{unfinished_by_engine} subject(s) were lost with a dying process; run again to do them"
-        atomic.write_text(out / RUN_JSON, _dump(run))
+        try:
+            written = write_outputs(
+                out, names, lambda n: store.valid(n, key), header, input_errors, csv_layout=opts.csv_layout
+            )
+            unfinished = len(written.missing)
+            run["status"] = "complete" if unfinished == 0 else "incomplete"
+            run["counts"].update(
+                {"predicted": written.predicted, "failed": written.failed, "unfinished": unfinished,
+                 "qc_flagged": written.qc.get("warn", 0) + written.qc.get("fail", 0),
+                 "qc_warn": written.qc.get("warn", 0), "qc_fail": written.qc.get("fail", 0)}
+            )
+            if unfinished_by_engine:
+                run["note"] = f"{unfinished_by_engine} subject(s) were lost with a dying process; run again to do them"
+            atomic.write_text(out / RUN_JSON, _dump(run))
+        except OSError as exc:
+            raise RunError(
+                f"the finished subjects' records are kept in {RECORDS_DIR}/, but writing the final outputs "
+                f"failed ({exc.strerror or exc})",
+                path=str(out),
+                hint="Free space or fix permissions, then write them again without recomputing anything: "
+                "run the same mimir batch command again (or mimir merge OUT_DIR -o NEW_DIR).",
+            ) from None
 
     return BatchResult(
         out_dir=str(out), subjects=len(inputs.files) + len(inputs.problems), predicted=written.predicted,

@@ -22,10 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from mimir.batch.records import STAGE_INFERENCE
 from mimir.errors import MimirError
 
 #: Shape of one image: (channels, rows, columns).
 IMAGE_SHAPE = (3, 256, 256)
+
+
+class _Failed(MimirError):
+    """A subject whose prediction failed (message already one line)."""
 
 
 @dataclass
@@ -52,7 +57,9 @@ def one_line(exc: BaseException, path: str | None = None) -> str:
         if exc.path and text.startswith(f"{exc.path}: "):
             text = text[len(exc.path) + 2 :]
     else:
-        text = f"unexpected error ({type(exc).__name__}: {exc})"
+        from mimir.utils.limits import quote
+
+        text = f"unexpected error ({type(exc).__name__}: {quote(str(exc))}); this is a bug in mimir, please report it"
     if path and text.startswith(f"{path}: "):
         text = text[len(path) + 2 :]
     return " ".join(text.split())
@@ -155,6 +162,9 @@ class InferenceStage:
         device = self.describe()
         return [
             Outcome(name, source, row=r.to_row(layout), obj=r.to_json(), device=device)
+            if r.ok
+            else Outcome(name, source, stage=STAGE_INFERENCE, message=one_line(_Failed(r.error or ""), source),
+                         device=device)
             for (name, source, _), r in zip(items, results)
         ]
 

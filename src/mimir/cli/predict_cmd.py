@@ -115,6 +115,9 @@ def predict_cmd(
         check_layout(csv_format, output)
         if output.is_dir():
             raise UsageError("is a folder", path=str(output), hint="Give a .csv or .json file name.")
+        from mimir.utils.atomic import check_writable_file
+
+        check_writable_file(output)  # parent creatable and writable, before any work
     elif csv_format != "wide":
         raise UsageError("--format applies to a CSV file", hint="Add -o FILE.csv.")
     gpus = parse_gpus(gpu, single=True)
@@ -159,7 +162,14 @@ def predict_cmd(
     if output is None:
         render_tables(ok, console)
     else:
-        write_results(output, ok, predictor.layout, csv_layout=csv_format)
+        try:
+            write_results(output, ok, predictor.layout, csv_layout=csv_format)
+        except OSError as exc:
+            raise UsageError(
+                f"the predictions were computed but could not be written ({exc.strerror or exc})",
+                path=str(output),
+                hint="Free space or fix permissions and run again (preprocessed images are cached).",
+            ) from None
         say(f"wrote {len(ok)} subject(s) x {len(predictor.layout)} target(s) to {output}")
         demos = [s.name for s in predictor.modules if s.synthetic]
         if demos:

@@ -41,6 +41,9 @@ def preprocess(
 
     out = pick_output(output, out_alias) or Path(".")
     cache = not no_cache
+    from mimir.utils.atomic import check_writable_dir
+
+    check_writable_dir(out)  # before any work: creatable and writable
     failed = 0
     for zip_path in zips:
         started = time.perf_counter()
@@ -50,14 +53,30 @@ def preprocess(
             report_error(str(exc))
             failed += 1
             continue
+        except MemoryError:
+            report_error(f"{zip_path}: out of memory while preprocessing")
+            failed += 1
+            continue
+        except Exception as exc:  # noqa: BLE001 - a bug: one line, and go on with the others
+            report_error(
+                f"{zip_path}: unexpected error ({type(exc).__name__}: {str(exc)[:200]}); "
+                "this is a bug in mimir, please report it"
+            )
+            failed += 1
+            continue
         stem = zip_path.name[:-4] if zip_path.name.lower().endswith(".zip") else zip_path.name
         npy = out / f"{stem}.npy"
-        with atomic.atomic_path(npy, suffix=".npy") as tmp:
-            np.save(tmp, image, allow_pickle=False)
-        written = [str(npy)]
-        if png:
-            write_preview(out / f"{stem}.png", image)
-            written.append(str(out / f"{stem}.png"))
+        try:
+            with atomic.atomic_path(npy, suffix=".npy") as tmp:
+                np.save(tmp, image, allow_pickle=False)
+            written = [str(npy)]
+            if png:
+                write_preview(out / f"{stem}.png", image)
+                written.append(str(out / f"{stem}.png"))
+        except OSError as exc:
+            report_error(f"{npy}: cannot be written ({exc.strerror or exc}). Free space or fix permissions.")
+            failed += 1
+            continue
         console.print(
             f"[green]ok[/] {escape(zip_path.name)} -> {escape(', '.join(written))} "
             f"[dim]({time.perf_counter() - started:.2f} s)[/]",

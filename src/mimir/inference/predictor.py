@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mimir.errors import MimirError, UsageError
+from mimir.errors import MimirError, ModuleError, UsageError
 from mimir.inference.predictions import (
     DEFAULT_LEVEL,
     OutputTarget,
@@ -62,10 +62,27 @@ def default_modules() -> list[ModuleSpec]:
     """
     from mimir.models.registry import scan_modules
 
+    from mimir.models.modules import check_members, verify_module
+
     scan = scan_modules()
-    for problem in scan.problems:
-        logging.getLogger("mimir").warning("skipping a broken module folder: %s", problem)
+    usable = []
+    for spec in scan.modules:
+        try:
+            check_members(spec)  # headers only: a module that cannot run is skipped, not fatal
+        except ModuleError as exc:
+            problem = exc
+            try:
+                verify_module(spec)  # a damaged member file: say so (and how to reinstall)
+            except ModuleError as damaged:
+                problem = damaged
+            scan.problems.append(str(problem))
+            continue
+        usable.append(spec)
+    scan.modules = usable
     research = [s for s in scan.modules if not s.synthetic]
+    if research:  # otherwise the error below names the first problem
+        for problem in scan.problems:
+            logging.getLogger("mimir").warning("skipping a broken module folder: %s", problem)
     if not research:
         demos = [s.name for s in scan.modules if s.synthetic]
         have = f" (installed: only the synthetic demo module {', '.join(demos)})" if demos else ""
@@ -289,9 +306,22 @@ class Predictor:
         ]
         for i, rec in enumerate(records):
             preds: list[TargetPrediction] = []
+            bad: list[str] = []
             for lm, (mean, var) in zip(self.loaded, per_module):
                 for j, target in enumerate(lm.targets):
-                    preds.append(TargetPrediction(target, float(mean[i, j]), float(var[i, j]), self.level))
+                    m, v = float(mean[i, j]), float(var[i, j])
+                    if not (np.isfinite(m) and np.isfinite(v) and v >= 0):
+                        bad.append(f"{lm.spec.name}/{lm.spec.targets[j].name} (mean {m:g}, variance {v:g})")
+                    preds.append(TargetPrediction(target, m, v, self.level))
+            if bad:
+                # never written as inf/null: the subject fails, naming the module and target
+                rec.predictions = []
+                rec.error = (
+                    f"{rec.source}: prediction is not finite for {', '.join(bad[:5])}"
+                    f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}; "
+                    "the module's statistics or the input are broken"
+                )
+                continue
             rec.predictions = preds
             rec.error = None
             for lm, scores in zip(self.loaded, ood):
@@ -332,12 +362,22 @@ class Predictor:
                         rec.qc_status, rec.qc_flags = qc.status, list(qc.flags)
                 except MimirError as exc:
                     rec.error = str(exc)
-                except Exception as exc:  # never let one odd file stop the run
-                    rec.error = f"{rec.source}: unexpected error while reading ({type(exc).__name__}: {exc})"
+                except MemoryError:
+                    rec.error = f"{rec.source}: out of memory while reading this input"
+                except Exception as exc:  # a bug: never let one odd file stop the run
+                    from mimir.utils.limits import quote
+
+                    rec.error = (
+                        f"{rec.source}: unexpected error while reading ({type(exc).__name__}: {quote(str(exc))}); "
+                        "this is a bug in mimir, please report it"
+                    )
                 if rec.error is not None and on_error is not None:
                     on_error(rec)
             if good:
                 self.predict_images(np.stack(images), good)
+                for rec in good:
+                    if rec.error is not None and on_error is not None:
+                        on_error(rec)
             if on_progress is not None:
                 on_progress(len(chunk))
         return records

@@ -390,10 +390,14 @@ def load_manifest(manifest: str | os.PathLike[str] | None = None, *, offline: bo
         raise DownloadError(f"cannot read manifest ({_reason(exc)})", path=_display(url)) from None
     if r.status_code != 200:
         raise DownloadError(f"cannot read manifest (HTTP {r.status_code})", path=_display(url))
+    from mimir.utils.limits import MAX_JSON_BYTES, loads_guarded, quote
+
+    if len(r.content) > MAX_JSON_BYTES.value():
+        raise DownloadError(f"manifest is larger than {MAX_JSON_BYTES.value()} bytes", path=_display(url))
     try:
-        data = r.json()
-    except ValueError:
-        raise DownloadError("manifest is not valid JSON", path=_display(url)) from None
+        data = loads_guarded(r.content.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DownloadError(f"manifest is not valid JSON ({quote(str(exc), 120)})", path=_display(url)) from None
     return parse_manifest(data, where=_display(url))
 
 

@@ -22,7 +22,6 @@ Nothing here touches the network.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -32,18 +31,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mimir.errors import ModuleError, UsageError
+from mimir.errors import MimirError, ModuleError, UsageError
 from mimir.models.modules import (
     ModuleSpec,
     convert_original,
     find_module_root,
     is_module_folder,
     is_original_format,
+    check_members,
     read_module,
     replace_dir,
     valid_name,
     verify_module,
 )
+from mimir.utils.limits import loads_guarded, quote
 from mimir.utils.paths import modules_dir
 
 MANIFEST_FILE = "weights_manifest.json"
@@ -174,8 +175,15 @@ def install_module(
     """
     root = find_module_root(Path(source))
     dest_root = modules_dir()
-    dest_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".install-", dir=dest_root))
+    try:
+        dest_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".install-", dir=dest_root))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the module registry ({exc.strerror or exc})",
+            path=str(dest_root),
+            hint="Set MIMIR_HOME to a folder you can write to.",
+        ) from None
     try:
         if is_module_folder(root):
             spec = read_module(root)
@@ -211,8 +219,15 @@ def install_module(
                 (out / "module.json").write_text(spec.dumps(), encoding="utf-8")
         installed = read_module(out)
         verify_module(installed)
+        check_members(installed)
         final = dest_root / target_name
         replace_dir(out, final)
+    except OSError as exc:
+        raise ModuleError(
+            f"cannot be installed ({exc.strerror or exc}); the registry is unchanged",
+            path=str(source),
+            hint="Free space or fix the permissions of MIMIR_HOME, then try again.",
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     spec = read_module(final)
@@ -347,16 +362,33 @@ def read_manifest(path: str | os.PathLike[str] | None = None) -> list[ManifestEn
     else:
         where = os.fspath(path)
         try:
+            _check_json_file(Path(path), where)
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise UsageError("manifest not found", path=where) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read manifest ({exc})", path=where) from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MimirManifestError(f"is not valid JSON ({exc})", path=where) from None
+        data = loads_guarded(text)
+    except ValueError as exc:
+        raise MimirManifestError(f"is not valid JSON ({quote(str(exc), 120)})", path=where) from None
     return parse_manifest(data, where=where)
+
+
+def _check_json_file(path: Path, where: str) -> None:
+    """A manifest must be a regular file within ``MIMIR_MAX_JSON_BYTES`` (checked before reading)."""
+    from mimir.utils.limits import MAX_JSON_BYTES, check_regular_file
+
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(where)
+    try:
+        st = check_regular_file(path, "manifest")
+    except MimirError as exc:
+        raise UsageError(exc.message, path=where, hint=exc.hint) from None
+    if st.st_size > MAX_JSON_BYTES.value():
+        raise UsageError(
+            f"is {st.st_size} bytes, more than a manifest can be (limit {MAX_JSON_BYTES.env})", path=where
+        )
 
 
 def manifest_entry(name: str, entries: Sequence[ManifestEntry]) -> ManifestEntry | None:

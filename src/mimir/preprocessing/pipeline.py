@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+import stat
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from mimir.errors import ImageFileError
 from mimir.preprocessing import cache as image_cache
 from mimir.preprocessing import qc as qc_mod
 from mimir.preprocessing.fusion import FusedVolumes, fuse_stations
+from mimir.preprocessing.geometry import check_geometry
 from mimir.preprocessing.projection import IMAGE_SIZE, make_image
 from mimir.preprocessing.qc import QCRecord
 from mimir.preprocessing.reader import read_signal_slices
@@ -35,7 +36,9 @@ IMAGE_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
 def read_stations(path: str | os.PathLike[str]) -> StationSet:
     """Read a subject zip into consistent water and fat stations, head first."""
     slices = read_signal_slices(path)
-    return pair_water_fat(group_stations(slices, path), path)
+    stations = pair_water_fat(group_stations(slices, path), path)
+    check_geometry(stations, path)
+    return stations
 
 
 def preprocess_volumes(path: str | os.PathLike[str]) -> FusedVolumes:
@@ -69,8 +72,8 @@ def preprocess_with_qc(path: str | os.PathLike[str], *, cache: bool = True) -> t
     zip is decoded.
     """
     key = None
-    if cache:
-        key = image_cache.file_sha256(path) if Path(path).is_file() else None
+    if cache and _hashable(path):
+        key = image_cache.file_sha256(path)
         if key is not None:
             hit = image_cache.load(key, PIPELINE_VERSION, IMAGE_SHAPE)
             if hit is not None:
@@ -107,21 +110,55 @@ def _cached_qc(meta: dict[str, object]) -> QCRecord | None:
     return record if record.version == qc_mod.QC_VERSION else None
 
 
-def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Load an already made image (``.npy``) and check it is a (3, 256, 256) uint8 array."""
+def _hashable(path: str | os.PathLike[str]) -> bool:
+    """A regular file within the zip size limit (anything else is refused by the reader, unhashed)."""
+    from mimir.utils.limits import MAX_ZIP_BYTES
+
     try:
-        image = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ImageFileError("file not found", path, "Check the path.") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise ImageFileError(f"is not a readable .npy image ({exc})", path) from None
-    if image.shape != IMAGE_SHAPE or image.dtype != np.uint8:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size <= MAX_ZIP_BYTES.value()
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Load an already made image (``.npy``) and check it is a (3, 256, 256) uint8 array.
+
+    The file must be a regular file; shape and dtype are read from the .npy
+    header and checked before any data is loaded, so a header claiming a
+    huge array costs nothing.
+    """
+    from numpy.lib import format as npy_format
+
+    from mimir.utils.limits import open_regular, quote
+
+    fh, _ = open_regular(path, ".npy image")
+    with fh:
+        try:
+            version = npy_format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = npy_format.read_array_header_1_0(fh)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = npy_format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except (OSError, ValueError, EOFError, SyntaxError, TypeError) as exc:
+            raise ImageFileError(f"is not a readable .npy image ({quote(str(exc))})", path) from None
+        if tuple(shape) != IMAGE_SHAPE or dtype != np.uint8 or dtype.hasobject:
+            raise ImageFileError(
+                f"holds a {quote(str(dtype), 40)} array of shape {quote(str(tuple(shape)), 80)}, "
+                f"expected uint8 {IMAGE_SHAPE}",
+                path,
+                "Make it with `mimir preprocess`.",
+            )
+        count = int(np.prod(IMAGE_SHAPE))
+        data = fh.read(count)
+    if len(data) != count:
         raise ImageFileError(
-            f"holds a {image.dtype} array of shape {image.shape}, expected uint8 {IMAGE_SHAPE}",
-            path,
-            "Make it with `mimir preprocess`.",
+            f"is cut off ({len(data)} of {count} bytes of pixel data)", path, "Make it again with `mimir preprocess`."
         )
-    return image
+    image = np.frombuffer(data, dtype=np.uint8).reshape(IMAGE_SHAPE, order="F" if fortran else "C")
+    return np.array(image, order="C")  # a writable copy
 
 
 def load_input(path: str | os.PathLike[str], *, cache: bool = True) -> np.ndarray:

@@ -13,6 +13,7 @@ Spec: ``preprocessing-spec.md`` section 1.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import struct
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from mimir.errors import (
     InputError,
@@ -31,6 +31,17 @@ from mimir.errors import (
     NoDicomError,
     NotAZipError,
     TruncatedZipError,
+)
+from mimir.utils.limits import (
+    MAX_MANIFEST_BYTES,
+    MAX_MEMBER_BYTES,
+    MAX_ZIP_BYTES,
+    MAX_ZIP_MEMBERS,
+    Limit,
+    LimitError,
+    limit_hint,
+    open_regular,
+    quote,
 )
 
 #: Tags read from every slice (group, element).
@@ -41,6 +52,7 @@ _PEEK_BYTES = 4096
 
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
+_DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 _UNCOMPRESSED_SYNTAXES = {
     "1.2.840.10008.1.2",  # implicit VR little endian
     "1.2.840.10008.1.2.1",  # explicit VR little endian
@@ -91,36 +103,114 @@ def read_signal_slices(path: str | os.PathLike[str]) -> list[SignalSlice]:
         and fat series.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError("file not found", path, "Check the path.")
     if path.is_dir():
         raise InputError("is a folder, not a subject zip", path, "Pass the zip file itself.")
+    fh, size = open_regular(path, "subject zip")
     try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise _bad_zip_error(path) from None
-    except OSError as exc:
-        raise InputError(f"cannot be read ({exc.strerror or exc})", path) from None
+        budget = _check_zip_size(fh, size, path)
+        try:
+            zf = zipfile.ZipFile(fh)
+        except zipfile.BadZipFile:
+            raise _bad_zip_error(path) from None
+        except (OSError, EOFError, ValueError, struct.error, NotImplementedError) as exc:
+            raise TruncatedZipError(
+                f"has a damaged zip directory ({quote(str(exc))})", path, "Download the file again."
+            ) from None
+        return _read_zip(zf, path, budget)
+    finally:
+        fh.close()
+
+
+def _read_zip(zf: zipfile.ZipFile, path: Path, budget: _Budget) -> list[SignalSlice]:
     with zf:
         members = [info for info in zf.infolist() if not info.is_dir()]
         manifest = next((m for m in members if "manifest" in m.filename.lower()), None)
         candidates = [m for m in members if m is not manifest]
         if not candidates:
             raise NoDicomError("holds no DICOM files", path, "Is this a field-20201 zip?")
-        hint = _manifest_hint(zf, manifest, candidates) if manifest is not None else None
+        hint = _manifest_hint(zf, manifest, candidates, path) if manifest is not None else None
         if hint is not None:
             chosen = [m for m in candidates if hint.get(m.filename, True)]
-            slices, skipped = _read_members(zf, chosen, path)
+            slices, skipped = _read_members(zf, chosen, path, budget)
             if slices and not skipped:
                 return slices
             # The manifest named at least one file wrongly: ignore it entirely.
         chosen = [m for m in candidates if _peek_is_signal(zf, m, path)]
-        slices, _ = _read_members(zf, chosen, path)
+        slices, _ = _read_members(zf, chosen, path, budget)
     if not slices:
         raise MissingSeriesError(
             "holds no Dixon water (_W) or fat (_F) series", path, "Is this a field-20201 zip?"
         )
     return slices
+
+
+class _Budget:
+    """Uncompressed bytes still allowed from one zip (:data:`MAX_ZIP_BYTES` in all)."""
+
+    def __init__(self) -> None:
+        self.limit = MAX_ZIP_BYTES.value()
+        self.left = self.limit
+
+    def take(self, n: int, path: Path) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise LimitError(
+                f"inflates to more than {_size(self.limit)} in all (limit {MAX_ZIP_BYTES.env})",
+                path,
+                limit_hint(MAX_ZIP_BYTES),
+            )
+
+
+def _size(n: int) -> str:
+    return f"{n / (1024 * 1024):.0f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+_EOCD = b"PK\x05\x06"
+_EOCD64_LOCATOR = b"PK\x06\x07"
+_EOCD64 = b"PK\x06\x06"
+
+
+def _check_zip_size(fh: io.BufferedReader, size: int, path: Path) -> _Budget:
+    """Check the file size and the member count of the zip directory before zipfile parses it.
+
+    The end-of-central-directory record (and its zip64 variant) gives the
+    number of members and the directory's size; both are bounded so that
+    listing the members cannot take more memory than a real zip needs.
+    """
+    budget = _Budget()
+    if size > budget.limit:
+        raise LimitError(
+            f"is {_size(size)}, more than {_size(budget.limit)} (limit {MAX_ZIP_BYTES.env})",
+            path,
+            limit_hint(MAX_ZIP_BYTES, size),
+        )
+    max_members = MAX_ZIP_MEMBERS.value()
+    tail_len = min(size, 65536 + 22)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    at = tail.rfind(_EOCD)
+    if at < 0 or len(tail) < at + 22:
+        fh.seek(0)
+        return budget  # zipfile decides (not a zip, truncated)
+    entries, cd_size = struct.unpack_from("<HI", tail, at + 10)
+    if entries == 0xFFFF or cd_size == 0xFFFFFFFF:
+        loc = at - 20
+        if loc >= 0 and tail[loc : loc + 4] == _EOCD64_LOCATOR:
+            (offset,) = struct.unpack_from("<Q", tail, loc + 8)
+            if 0 <= offset <= size - 56:
+                fh.seek(offset)
+                rec = fh.read(56)
+                if rec[:4] == _EOCD64:
+                    entries, cd_size = struct.unpack_from("<QQ", rec, 32)
+    if entries > max_members or cd_size > max_members * 1024:
+        raise LimitError(
+            f"lists {entries} members in a {_size(cd_size)} directory, more than {max_members} "
+            f"(limit {MAX_ZIP_MEMBERS.env})",
+            path,
+            limit_hint(MAX_ZIP_MEMBERS, entries),
+        )
+    fh.seek(0)
+    return budget
 
 
 def _bad_zip_error(path: Path) -> InputError:
@@ -135,18 +225,60 @@ def _bad_zip_error(path: Path) -> InputError:
     return NotAZipError("is not a zip file", path, "Pass the field-20201 DICOM zip of a subject.")
 
 
-def _read_member_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, size: int = -1) -> bytes:
+_CHUNK = 1 << 20
+
+
+def _read_member_bytes(
+    zf: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    path: Path,
+    size: int = -1,
+    *,
+    limit: Limit = MAX_MEMBER_BYTES,
+    budget: _Budget | None = None,
+) -> bytes:
+    """The uncompressed bytes of one member (the first ``size`` when given).
+
+    Read in chunks with the cap enforced on the bytes actually inflated: the
+    size the zip directory declares is checked first but not trusted.
+    """
+    cap = limit.value()
+    name = quote(info.filename, 100)
+    if size < 0 and info.file_size > cap:
+        raise LimitError(
+            f"member {name} declares {_size(info.file_size)}, more than {_size(cap)} (limit {limit.env})",
+            path,
+            limit_hint(limit, info.file_size),
+        )
+    want = cap + 1 if size < 0 else min(size, cap + 1)
+    parts: list[bytes] = []
+    got = 0
     try:
         with zf.open(info) as fh:
-            return fh.read(size)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            while got < want:
+                chunk = fh.read(min(_CHUNK, want - got))
+                if not chunk:
+                    break
+                got += len(chunk)
+                if budget is not None:
+                    budget.take(len(chunk), path)
+                parts.append(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as exc:
         raise TruncatedZipError(
-            f"member {info.filename} is damaged ({exc})", path, "Download the file again."
+            f"member {name} is damaged ({quote(str(exc))})", path, "Download the file again."
         ) from None
+    if size < 0 and got > cap:
+        raise LimitError(
+            f"member {name} inflates to more than {_size(cap)} (limit {limit.env}; "
+            f"its directory entry claims {_size(info.file_size)})",
+            path,
+            limit_hint(limit),
+        )
+    return b"".join(parts)
 
 
 def _manifest_hint(
-    zf: zipfile.ZipFile, manifest: zipfile.ZipInfo, candidates: list[zipfile.ZipInfo]
+    zf: zipfile.ZipFile, manifest: zipfile.ZipInfo, candidates: list[zipfile.ZipInfo], path: Path
 ) -> dict[str, bool] | None:
     """Map member name -> "is a water/fat slice" from the manifest, or None if unusable.
 
@@ -156,10 +288,10 @@ def _manifest_hint(
     The hint is used only if it names every DICOM member of the zip.
     """
     try:
-        with zf.open(manifest) as fh:
-            text = fh.read().decode("utf-8", errors="replace")
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError):
+        raw = _read_member_bytes(zf, manifest, path, limit=MAX_MANIFEST_BYTES)
+    except TruncatedZipError:
         return None
+    text = raw.decode("utf-8", errors="replace")
     hint: dict[str, bool] = {}
     for line in text.splitlines():
         fields = [f.strip().strip('"') for f in line.split(",")]
@@ -203,22 +335,25 @@ def _peek_is_signal(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> b
 
 
 def _read_members(
-    zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], path: Path
+    zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], path: Path, budget: _Budget | None = None
 ) -> tuple[list[SignalSlice], int]:
     """Parse ``members``; return the water/fat slices and how many DICOM images were not."""
     slices = []
     skipped = 0
     dicom_seen = False
     for info in members:
-        data = _read_member_bytes(zf, info, path)
-        fast = _fast_slice(data)
+        data = _read_member_bytes(zf, info, path, budget=budget)
+        try:
+            fast = _fast_slice(data)
+        except LimitError as exc:  # a deflated data set past the cap
+            raise LimitError(f"member {quote(info.filename, 100)}: {exc.message}", path, exc.hint) from None
         if fast is not None:
             description, attrs = fast
             dicom_seen = True
             if not is_signal_description(description):
                 skipped += 1
                 continue
-            made = _slice_from_fast(attrs, description)
+            made = _slice_from_fast(attrs, description, info.filename, path)
             if made is not None:
                 slices.append(made)
                 continue
@@ -226,7 +361,9 @@ def _read_members(
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
             description = str(ds.get("SeriesDescription", ""))
             is_image = "PixelData" in ds and "ImagePositionPatient" in ds
-        except (InvalidDicomError, ValueError, KeyError, struct.error, EOFError, OSError):
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - any parse failure: not a DICOM file
             is_image = False
         if not is_image:
             continue  # not a DICOM image: a README.txt and the like
@@ -240,44 +377,207 @@ def _read_members(
     return slices, skipped
 
 
-def _slice_from_dataset(ds: pydicom.Dataset, description: str, member: str, path: Path) -> SignalSlice:
+#: Plausible ranges for this protocol (UK Biobank: 156-174 x 224 pixels of 2.232 mm).
+MIN_MATRIX, MAX_MATRIX = 2, 2048
+MIN_PIXEL_SPACING_MM, MAX_PIXEL_SPACING_MM = 0.1, 20.0
+#: |ImagePositionPatient| beyond this (mm, 100 m) is not a position in a scanner.
+MAX_ABS_POSITION_MM = 1e5
+MAX_ABS_SLOPE, MAX_ABS_INTERCEPT = 1e6, 1e9
+
+#: Transfer syntaxes that need a decoder plugin: name and the packages that decode them.
+_CODECS: dict[str, tuple[str, str]] = {
+    "1.2.840.10008.1.2.4.50": ("JPEG Baseline", "pylibjpeg pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.51": ("JPEG Extended", "pylibjpeg pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.57": ("JPEG Lossless", "pylibjpeg pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.70": ("JPEG Lossless SV1", "pylibjpeg pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.80": ("JPEG-LS Lossless", "pylibjpeg pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.81": ("JPEG-LS Near-Lossless", "pylibjpeg pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.90": ("JPEG 2000 Lossless", "pylibjpeg pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.91": ("JPEG 2000", "pylibjpeg pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.201": ("HTJ2K Lossless", "pylibjpeg pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.202": ("HTJ2K Lossless RPCL", "pylibjpeg pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.203": ("HTJ2K", "pylibjpeg pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.5": ("RLE Lossless", "pylibjpeg pylibjpeg-rle"),
+}
+
+
+def _bad(member: str, path: Path, attribute: str, value: object, expected: str) -> InputError:
+    """The error for one malformed attribute of one slice: member, attribute, value, what is expected."""
+    return InputError(
+        f"slice {quote(member, 100)}: {attribute} is {quote(value)}; expected {expected}",
+        path,
+        "The file is malformed; ask for a fresh copy of this subject's zip.",
+    )
+
+
+def _numbers(member: str, path: Path, attribute: str, raw: object, count: int) -> np.ndarray:
+    """``count`` decimal numbers of a multi-valued attribute (text ``a\\b`` or a pydicom value), as float64."""
+    if raw is None or raw == "":
+        raise _bad(member, path, attribute, "", f"{count} numbers (the attribute is missing)")
+    if isinstance(raw, (str, bytes)):
+        text = raw.decode("ascii", errors="replace") if isinstance(raw, bytes) else raw
+        items: list[object] = text.strip(" \x00").split("\\")
+    elif isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue":
+        items = list(raw)  # type: ignore[arg-type]
+    else:
+        items = [raw]
+    if len(items) != count:
+        raise _bad(member, path, attribute, raw, f"{count} numbers")
     try:
-        series_number = int(ds.SeriesNumber)
-        position = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float32)
-        spacing = np.asarray([float(v) for v in ds.PixelSpacing], dtype=np.float32)
-        series_time = str(ds.get("SeriesTime", ""))
-        pixels = _pixels(ds)
-    except (AttributeError, TypeError, ValueError, NotImplementedError, RuntimeError) as exc:
-        raise InputError(
-            f"slice {member} lacks a required attribute or has unreadable pixels ({exc})",
-            path,
-            "The zip may be damaged; download it again.",
-        ) from None
-    if position.shape != (3,) or spacing.shape != (2,):
-        raise InputError(f"slice {member} has a malformed position or pixel spacing", path)
-    return SignalSlice(pixels, series_number, description, position, spacing, series_time)
+        values = np.array([float(str(v).strip()) for v in items], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _bad(member, path, attribute, raw, f"{count} numbers") from None
+    return values
 
 
-def _pixels(ds: pydicom.Dataset) -> np.ndarray:
-    """Pixel array as float32 (rows, columns), rescaled where the file says so."""
-    rows, cols = int(ds.Rows), int(ds.Columns)
+def _check_slice_header(
+    member: str,
+    path: Path,
+    rows: int,
+    cols: int,
+    position: np.ndarray,
+    spacing: np.ndarray,
+    slope: float | None,
+    intercept: float | None,
+) -> None:
+    """Refuse values no scanner writes, before any pixel is decoded (see docs/limits.md)."""
+    for attribute, n in (("Rows", rows), ("Columns", cols)):
+        if not MIN_MATRIX <= n <= MAX_MATRIX:
+            raise _bad(member, path, attribute, n, f"{MIN_MATRIX} to {MAX_MATRIX} pixels")
+    if not np.all(np.isfinite(spacing)) or not np.all(
+        (spacing >= MIN_PIXEL_SPACING_MM) & (spacing <= MAX_PIXEL_SPACING_MM)
+    ):
+        text = "\\".join(f"{v:g}" for v in spacing)
+        raise _bad(
+            member, path, "PixelSpacing", text,
+            f"finite values from {MIN_PIXEL_SPACING_MM} to {MAX_PIXEL_SPACING_MM} mm (UK Biobank: 2.2321429)",
+        )
+    if not np.all(np.isfinite(position)) or np.abs(position).max() > MAX_ABS_POSITION_MM:
+        text = "\\".join(f"{v:g}" for v in position)
+        raise _bad(member, path, "ImagePositionPatient", text, f"finite values within +-{MAX_ABS_POSITION_MM:g} mm")
+    if slope is not None and not (math.isfinite(slope) and abs(slope) <= MAX_ABS_SLOPE):
+        raise _bad(member, path, "RescaleSlope", f"{slope:g}", f"a finite number within +-{MAX_ABS_SLOPE:g}")
+    if intercept is not None and not (math.isfinite(intercept) and abs(intercept) <= MAX_ABS_INTERCEPT):
+        raise _bad(
+            member, path, "RescaleIntercept", f"{intercept:g}", f"a finite number within +-{MAX_ABS_INTERCEPT:g}"
+        )
+
+
+def _optional_number(member: str, path: Path, attribute: str, raw: object) -> float | None:
+    if raw is None or (isinstance(raw, (str, bytes)) and not raw.strip()):
+        return None
+    return float(_numbers(member, path, attribute, raw, 1)[0])
+
+
+def _slice_from_dataset(ds: pydicom.Dataset, description: str, member: str, path: Path) -> SignalSlice:
+    """A slice from a dataset parsed by pydicom; every attribute is checked before the pixels are decoded."""
+    try:
+        series_number = int(str(ds.get("SeriesNumber", "")).strip())
+    except ValueError:
+        raise _bad(member, path, "SeriesNumber", ds.get("SeriesNumber", ""), "a whole number") from None
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except (TypeError, ValueError):
+        raise _bad(member, path, "Rows/Columns", (ds.get("Rows"), ds.get("Columns")), "whole numbers") from None
+    position = _numbers(member, path, "ImagePositionPatient", ds.get("ImagePositionPatient"), 3)
+    spacing = _numbers(member, path, "PixelSpacing", ds.get("PixelSpacing"), 2)
+    slope = _optional_number(member, path, "RescaleSlope", ds.get("RescaleSlope"))
+    intercept = _optional_number(member, path, "RescaleIntercept", ds.get("RescaleIntercept"))
+    _check_slice_header(member, path, rows, cols, position, spacing, slope, intercept)
+    series_time = str(ds.get("SeriesTime", ""))
+    pixels = _pixels(ds, rows, cols, member, path)
+    pixels = _rescale(pixels, slope, intercept)
+    return SignalSlice(
+        pixels, series_number, description, position.astype(np.float32), spacing.astype(np.float32), series_time
+    )
+
+
+def _rescale(pixels: np.ndarray, slope: float | None, intercept: float | None) -> np.ndarray:
+    if slope is not None or intercept is not None:
+        pixels = pixels * np.float32(1.0 if slope is None else slope)
+        pixels = pixels + np.float32(0.0 if intercept is None else intercept)
+    return pixels
+
+
+def _syntax_of(ds: pydicom.Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    bits = int(ds.get("BitsAllocated", 16))
-    if syntax in _UNCOMPRESSED_SYNTAXES and bits == 16 and int(ds.get("SamplesPerPixel", 1)) == 1:
-        dtype = np.dtype("<i2") if int(ds.get("PixelRepresentation", 0)) == 1 else np.dtype("<u2")
-        raw = ds.PixelData
-        if len(raw) < rows * cols * 2:
-            raise ValueError("pixel data shorter than Rows x Columns")
-        pixels = np.frombuffer(raw, dtype=dtype, count=rows * cols).reshape(rows, cols).astype(np.float32)
-    else:
-        pixels = np.asarray(ds.pixel_array, dtype=np.float32)
-    slope = ds.get("RescaleSlope")
-    intercept = ds.get("RescaleIntercept")
-    if slope is not None or intercept is not None:
-        pixels = pixels * np.float32(float(slope) if slope is not None else 1.0)
-        pixels = pixels + np.float32(float(intercept) if intercept is not None else 0.0)
-    return pixels
+    if not syntax:
+        # No file meta (no 128-byte preamble): the standard's default is implicit VR little endian;
+        # pydicom tells how the dataset actually parsed.
+        implicit = getattr(ds, "is_implicit_VR", None)
+        little = getattr(ds, "is_little_endian", None)
+        if implicit is None or little is None:
+            implicit, little = (True, True)
+        syntax = {(True, True): _IMPLICIT_LE, (False, True): _EXPLICIT_LE}.get((implicit, little), "1.2.840.10008.1.2.2")
+        if meta is None:
+            ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+    return syntax
+
+
+def _decoder_available(syntax: str) -> bool:
+    """Whether pydicom has a working decoder (a plugin installed) for ``syntax``."""
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(syntax).is_available)
+    except Exception:  # noqa: BLE001 - older pydicom, unknown syntax
+        return False
+
+
+def _pixels(ds: pydicom.Dataset, rows: int, cols: int, member: str, path: Path) -> np.ndarray:
+    """Pixel array as float32 (rows, columns), not rescaled.
+
+    Rows, Columns and the pixel data's length are checked before decoding;
+    a compressed syntax without its decoder gives the exact ``pip install``.
+    """
+    syntax = _syntax_of(ds)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames_raw = ds.get("NumberOfFrames", 1)
+    try:
+        frames = int(str(frames_raw or 1).strip())
+    except ValueError:
+        raise _bad(member, path, "NumberOfFrames", frames_raw, "1") from None
+    if frames != 1 or samples != 1:
+        raise _bad(member, path, "NumberOfFrames/SamplesPerPixel", f"{frames}/{samples}", "1/1 (one grey-level slice)")
+    if bits not in (8, 16, 32):
+        raise _bad(member, path, "BitsAllocated", bits, "8, 16 or 32")
+    raw = ds.get("PixelData")
+    if raw is None:
+        raise _bad(member, path, "PixelData", "", "pixel data (the attribute is missing)")
+    needed = rows * cols * (bits // 8)
+    if syntax in _UNCOMPRESSED_SYNTAXES or syntax == "1.2.840.10008.1.2.2":
+        if len(raw) < needed:
+            raise _bad(
+                member, path, "PixelData", f"{len(raw)} bytes",
+                f"at least Rows x Columns x {bits // 8} = {needed} bytes for {rows} x {cols} pixels",
+            )
+    if syntax in _UNCOMPRESSED_SYNTAXES and bits == 16:
+        dtype = np.dtype("<i2") if int(ds.get("PixelRepresentation", 0) or 0) == 1 else np.dtype("<u2")
+        return np.frombuffer(raw, dtype=dtype, count=rows * cols).reshape(rows, cols).astype(np.float32)
+    try:
+        array = ds.pixel_array
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types; all mean "cannot decode"
+        name, packages = _CODECS.get(syntax, (None, None))
+        if name is not None and not _decoder_available(syntax):
+            raise InputError(
+                f"slice {quote(member, 100)} is compressed as {name} ({syntax}) and no decoder for it is installed",
+                path,
+                f'Install one: pip install "mimir[codecs]" (or: pip install {packages}).',
+            ) from None
+        label = f"{name} ({syntax})" if name else (syntax or "unknown transfer syntax")
+        raise InputError(
+            f"slice {quote(member, 100)}: its {label} pixel data cannot be decoded ({quote(str(exc))})",
+            path,
+            "The file is malformed; ask for a fresh copy of this subject's zip.",
+        ) from None
+    if array.shape != (rows, cols):
+        raise _bad(member, path, "Rows/Columns", f"{rows}/{cols}", f"the decoded image's shape {array.shape}")
+    return np.asarray(array, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------
@@ -321,15 +621,27 @@ def _walk(data: bytes, pos: int, explicit: bool, stop_group: int | None) -> tupl
         if explicit:
             vr = data[pos + 4 : pos + 6]
             if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    return None
                 (length,) = unpack_from("<I", data, pos + 8)
                 pos += 12
             else:
                 (length,) = unpack_from("<H", data, pos + 6)
                 pos += 8
         else:
+            vr = b""
             (length,) = unpack_from("<I", data, pos + 4)
             pos += 8
-        if length == _UNDEFINED or pos + length > end:
+        if length == _UNDEFINED:
+            if tag == _PIXEL_DATA:
+                return None  # encapsulated (compressed) pixel data: pydicom decodes it
+            # an undefined-length sequence (explicit SQ, UN, or any implicit one): skip its items
+            skipped = _skip_items(data, pos, explicit and vr != b"UN", 0)
+            if skipped is None:
+                return None
+            pos = skipped
+            continue
+        if pos + length > end:
             return None
         if tag in _WANTED or tag == _PIXEL_DATA or group == 0x0002:
             values[tag] = data[pos : pos + length]
@@ -339,19 +651,107 @@ def _walk(data: bytes, pos: int, explicit: bool, stop_group: int | None) -> tupl
     return values, pos
 
 
+#: Deepest nesting of undefined-length sequences the fast path follows (deeper: pydicom decides).
+_MAX_NESTING = 16
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
+
+
+def _skip_items(data: bytes, pos: int, explicit: bool, depth: int) -> int | None:
+    """Position after the sequence delimiter of an undefined-length sequence whose items start at ``pos``."""
+    if depth > _MAX_NESTING:
+        return None
+    end = len(data)
+    unpack_from = struct.unpack_from
+    while pos + 8 <= end:
+        group, elem, length = unpack_from("<HHI", data, pos)
+        pos += 8
+        if group != 0xFFFE:
+            return None
+        if elem == _SEQUENCE_END:
+            return pos
+        if elem != _ITEM:
+            return None
+        if length != _UNDEFINED:
+            pos += length
+            continue
+        item_end = _skip_item(data, pos, explicit, depth + 1)
+        if item_end is None:
+            return None
+        pos = item_end
+    return None
+
+
+def _skip_item(data: bytes, pos: int, explicit: bool, depth: int) -> int | None:
+    """Position after the item delimiter of an undefined-length item whose elements start at ``pos``."""
+    end = len(data)
+    unpack_from = struct.unpack_from
+    while pos + 8 <= end:
+        group, elem = unpack_from("<HH", data, pos)
+        if group == 0xFFFE and elem == _ITEM_END:
+            return pos + 8
+        vr = b""
+        if explicit:
+            vr = data[pos + 4 : pos + 6]
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    return None
+                (length,) = unpack_from("<I", data, pos + 8)
+                pos += 12
+            else:
+                (length,) = unpack_from("<H", data, pos + 6)
+                pos += 8
+        else:
+            (length,) = unpack_from("<I", data, pos + 4)
+            pos += 8
+        if length == _UNDEFINED:
+            nested = _skip_items(data, pos, explicit and vr != b"UN", depth + 1)
+            if nested is None:
+                return None
+            pos = nested
+            continue
+        pos += length
+        if pos > end:
+            return None
+    return None
+
+
+def _inflate(raw: bytes) -> bytes:
+    """Inflate a deflated data set (raw deflate), refusing more than the member cap."""
+    cap = MAX_MEMBER_BYTES.value()
+    inflater = zlib.decompressobj(-15)
+    try:
+        out = inflater.decompress(raw, cap + 1)
+    except zlib.error:
+        return b""
+    if len(out) > cap:
+        raise LimitError(
+            f"a deflated DICOM data set inflates to more than {_size(cap)} (limit {MAX_MEMBER_BYTES.env})",
+            None,
+            limit_hint(MAX_MEMBER_BYTES),
+        )
+    return out
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("ascii", errors="replace").strip(" \x00")
 
 
 def _fast_slice(data: bytes) -> tuple[str, dict[str, object]] | None:
     """(SeriesDescription, attributes) of an uncompressed LE file, or None to use pydicom."""
-    if data[128:132] != b"DICM":
+    if data[128:132] == b"DICM":
+        walked = _walk(data, 132, True, 0x0002)
+        if walked is None:
+            return None
+        meta, pos = walked
+        syntax = _text(meta.get(0x0002_0010, b""))
+    elif len(data) >= 8 and struct.unpack_from("<H", data, 0)[0] in (0x0008, 0x0010, 0x0018, 0x0020):
+        # no preamble and no file meta: the standard's default, implicit VR little endian
+        # (a file that does not parse consistently that way goes to pydicom)
+        syntax, pos = _IMPLICIT_LE, 0
+    else:
         return None
-    walked = _walk(data, 132, True, 0x0002)
-    if walked is None:
-        return None
-    meta, pos = walked
-    syntax = _text(meta.get(0x0002_0010, b""))
+    if syntax == _DEFLATED_LE:
+        data, pos, syntax = _inflate(data[pos:]), 0, _EXPLICIT_LE
     if syntax not in (_EXPLICIT_LE, _IMPLICIT_LE):
         return None
     walked = _walk(data, pos, syntax == _EXPLICIT_LE, None)
@@ -375,30 +775,36 @@ def _fast_slice(data: bytes) -> tuple[str, dict[str, object]] | None:
     return str(attrs.get("SeriesDescription", "")), attrs
 
 
-def _slice_from_fast(attrs: dict[str, object], description: str) -> SignalSlice | None:
-    """Build a slice from fast-path attributes; None when pydicom should decide."""
+def _slice_from_fast(attrs: dict[str, object], description: str, member: str = "", path: Path | None = None) -> SignalSlice | None:
+    """Build a slice from fast-path attributes; None when pydicom should decide.
+
+    Values that parse but are impossible (spacing 0, a position at infinity,
+    Rows = 1, ...) raise :class:`InputError` naming the attribute.
+    """
     if attrs.get("SamplesPerPixel", 1) != 1 or attrs.get("BitsAllocated", 16) != 16:
         return None
+    path = Path(path) if path is not None else Path("")
     rows, cols = int(attrs["Rows"]), int(attrs["Columns"])  # type: ignore[arg-type]
     pixel_bytes = attrs["PixelData"]
     assert isinstance(pixel_bytes, bytes)
-    if len(pixel_bytes) < rows * cols * 2:
-        return None
-    dtype = np.dtype("<i2") if attrs.get("PixelRepresentation", 0) == 1 else np.dtype("<u2")
-    pixels = np.frombuffer(pixel_bytes, dtype=dtype, count=rows * cols).reshape(rows, cols).astype(np.float32)
     try:
-        position = np.asarray([float(v) for v in str(attrs["ImagePositionPatient"]).split("\\")], np.float32)
-        spacing = np.asarray([float(v) for v in str(attrs["PixelSpacing"]).split("\\")], np.float32)
         series_number = int(str(attrs.get("SeriesNumber", "")).strip())
-        slope = attrs.get("RescaleSlope")
-        intercept = attrs.get("RescaleIntercept")
-        slope_f = float(str(slope)) if slope not in (None, "") else None
-        intercept_f = float(str(intercept)) if intercept not in (None, "") else None
     except ValueError:
         return None
-    if position.shape != (3,) or spacing.shape != (2,):
-        return None
-    if slope_f is not None or intercept_f is not None:
-        pixels = pixels * np.float32(1.0 if slope_f is None else slope_f)
-        pixels = pixels + np.float32(0.0 if intercept_f is None else intercept_f)
-    return SignalSlice(pixels, series_number, description, position, spacing, str(attrs.get("SeriesTime", "")))
+    position = _numbers(member, path, "ImagePositionPatient", attrs["ImagePositionPatient"], 3)
+    spacing = _numbers(member, path, "PixelSpacing", attrs["PixelSpacing"], 2)
+    slope = _optional_number(member, path, "RescaleSlope", attrs.get("RescaleSlope"))
+    intercept = _optional_number(member, path, "RescaleIntercept", attrs.get("RescaleIntercept"))
+    _check_slice_header(member, path, rows, cols, position, spacing, slope, intercept)
+    if len(pixel_bytes) < rows * cols * 2:
+        raise _bad(
+            member, path, "PixelData", f"{len(pixel_bytes)} bytes",
+            f"at least Rows x Columns x 2 = {rows * cols * 2} bytes for {rows} x {cols} pixels",
+        )
+    dtype = np.dtype("<i2") if attrs.get("PixelRepresentation", 0) == 1 else np.dtype("<u2")
+    pixels = np.frombuffer(pixel_bytes, dtype=dtype, count=rows * cols).reshape(rows, cols).astype(np.float32)
+    pixels = _rescale(pixels, slope, intercept)
+    return SignalSlice(
+        pixels, series_number, description, position.astype(np.float32), spacing.astype(np.float32),
+        str(attrs.get("SeriesTime", "")),
+    )

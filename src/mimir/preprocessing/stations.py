@@ -80,14 +80,14 @@ def group_stations(slices: list[SignalSlice], path: str | os.PathLike[str] | Non
         first = group[0]
         if len(group) < 2:
             raise MissingSeriesError(
-                f"series {number} ({first.description}) has only {len(group)} slice",
+                f"series {number} ({first.description[:80]}) has only {len(group)} slice",
                 path,
                 "The zip is incomplete; download it again.",
             )
         shapes = {g.pixels.shape for g in group}
         if len(shapes) != 1:
             raise InconsistentStationsError(
-                f"series {number} ({first.description}) mixes slice sizes {sorted(shapes)}", path
+                f"series {number} ({first.description[:80]}) mixes slice sizes {sorted(shapes)}", path
             )
         z = np.array([g.position[2] for g in group], dtype=np.float32)
         order = np.argsort(z)[::-1]

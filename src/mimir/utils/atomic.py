@@ -51,3 +51,56 @@ def write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
 def write_text(dest: str | os.PathLike[str], text: str) -> None:
     """Atomically write ``text`` (UTF-8) to ``dest``."""
     write_bytes(dest, text.encode("utf-8"))
+
+
+def check_writable_dir(folder: str | os.PathLike[str], *, create: bool = True, what: str = "output folder") -> Path:
+    """Make sure files can be written in ``folder`` before any work starts.
+
+    Creates the folder (and its parents) when ``create``; then creates and
+    removes a temporary file in it, which is the only check that works for
+    every reason a write can fail (permissions, read-only mounts, ACLs, root).
+
+    Raises
+    ------
+    mimir.errors.UsageError
+        One line naming the folder and the reason.
+    """
+    from mimir.errors import UsageError
+
+    folder = Path(folder)
+    hint = f"Give an {what} you can write to." if what[0] in "aeiou" else f"Give a {what} you can write to."
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"is a file, not a folder (wanted as the {what})", path=str(folder), hint=hint)
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, (NotADirectoryError, FileExistsError)):
+                reason = "a part of the path is a file"
+            raise UsageError(f"cannot create the {what} ({reason})", path=str(folder), hint=hint) from None
+    elif not folder.is_dir():
+        raise UsageError(f"the {what} does not exist", path=str(folder), hint=hint)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mimir-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UsageError(f"cannot write in the {what} ({exc.strerror or exc})", path=str(folder), hint=hint) from None
+    return folder
+
+
+def check_writable_file(dest: str | os.PathLike[str]) -> Path:
+    """Make sure ``dest`` can be written (atomically, beside it) before any work starts."""
+    from mimir.errors import UsageError
+
+    dest = Path(dest)
+    if dest.is_dir():
+        raise UsageError("is a folder", path=str(dest), hint="Give a file name.")
+    try:
+        check_writable_dir(dest.parent if str(dest.parent) else Path("."), what="folder")
+    except UsageError as exc:
+        raise UsageError(
+            f"cannot be written: {exc.path}: {exc.message}", path=str(dest), hint="Give an output file in a folder you can write to."
+        ) from None
+    return dest
