@@ -39,10 +39,15 @@ def test_catalogue_content() -> None:
 
 @pytest.mark.skipif(not SHARED_CSV.exists(), reason="shared data folder not present")
 def test_packaged_catalogue_is_the_shared_one() -> None:
+    """The published catalogue, cell for cell, plus mimir's own support columns (issue 11)."""
+    import csv
     from importlib import resources
 
-    packaged = resources.files("mimir").joinpath("data", "mimir_targets.csv").read_bytes()
-    assert packaged == SHARED_CSV.read_bytes()
+    packaged = list(csv.DictReader(resources.files("mimir").joinpath("data", "mimir_targets.csv").read_text().splitlines()))
+    shared = list(csv.DictReader(SHARED_CSV.read_text().splitlines()))
+    assert len(packaged) == len(shared) == 71
+    assert [{k: row[k] for k in shared[0]} for row in packaged] == shared
+    assert set(packaged[0]) - set(shared[0]) == {"support_low", "support_high"}
 
 
 def test_installed_modules_are_joined(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
