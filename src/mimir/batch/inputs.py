@@ -21,7 +21,6 @@ the same on every machine and Python version (unlike ``hash()``).
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import stat
@@ -31,12 +30,8 @@ from pathlib import Path
 
 from mimir.errors import UsageError
 from mimir.inference.predictions import parse_subject_name
+from mimir.utils.discovery import NPY_SUFFIX, ZIP_PATTERN, list_paths  # noqa: F401  (re-exported)
 from mimir.utils.limits import describe_mode
-
-#: File-name pattern of a field-20201 subject zip found in a folder.
-ZIP_PATTERN = "*_20201_*_*.zip"
-#: Extension of an already made image.
-NPY_SUFFIX = ".npy"
 
 
 @dataclass(frozen=True, order=True)
@@ -70,68 +65,6 @@ class Inputs:
 
 
 # --------------------------------------------------------------------------- discovery
-
-
-def _is_subject_file(name: str) -> bool:
-    low = name.lower()
-    return fnmatch.fnmatchcase(low, ZIP_PATTERN) or low.endswith(NPY_SUFFIX)
-
-
-def _walk(folder: Path, skip: Path | None) -> Iterable[str]:
-    """Subject files under ``folder``, following links but never entering a folder twice."""
-    seen: set[tuple[int, int]] = set()
-    skip_real = os.path.realpath(skip) if skip is not None else None
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        try:
-            st = os.stat(root)
-        except OSError:
-            dirs[:] = []
-            continue
-        ident = (st.st_dev, st.st_ino)
-        if ident in seen or (skip_real is not None and os.path.realpath(root) == skip_real):
-            dirs[:] = []
-            continue
-        seen.add(ident)
-        dirs.sort()
-        for f in sorted(files):
-            if not f.startswith(".") and _is_subject_file(f):
-                yield os.path.join(root, f)
-
-
-def _read_list(list_file: Path) -> list[str]:
-    """Paths listed one per line; relative ones are relative to the list's folder."""
-    try:
-        text = list_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the list of inputs ({type(exc).__name__})", path=list_file) from None
-    base = list_file.parent
-    out = []
-    for line in text.splitlines():
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        p = Path(entry).expanduser()
-        out.append(str(p if p.is_absolute() else base / p))
-    return out
-
-
-def list_paths(source: str | os.PathLike[str], *, skip: str | os.PathLike[str] | None = None) -> list[str]:
-    """The input paths named by INPUT (a folder, a list file, or one subject file).
-
-    ``skip`` is a folder not to search (the output folder, when it lies inside INPUT).
-    """
-    p = Path(source).expanduser()
-    if p.is_dir():
-        return list(_walk(p, Path(skip) if skip is not None else None))
-    if not p.exists():
-        raise UsageError(
-            "no such file or folder",
-            path=os.fspath(source),
-            hint="Give a folder of subject zips or a text file of paths.",
-        )
-    if p.suffix.lower() in (".zip", NPY_SUFFIX):
-        return [os.fspath(source)]
-    return _read_list(p)
 
 
 def _not_regular(path: str) -> str | None:

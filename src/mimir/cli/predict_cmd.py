@@ -27,24 +27,14 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
     Files are taken as given; a folder stands for the subject files found in
     it and its subfolders, exactly as ``mimir batch`` searches
-    (``*_20201_*_*.zip`` and ``.npy``, see :mod:`mimir.batch.inputs`). Two
+    (``*_20201_*_*.zip`` and ``.npy``, see :mod:`mimir.utils.discovery`). Two
     inputs with the same subject name are both refused, naming each other,
     as ``mimir batch`` does.
     """
-    from mimir.batch.inputs import collect, list_paths
+    from mimir.batch.inputs import collect
+    from mimir.utils.discovery import expand
 
-    paths: list[str] = []
-    for text in inputs:
-        if Path(text).is_dir():
-            found = list_paths(text)
-            if not found:
-                raise UsageError(
-                    "holds no subject zips (*_20201_*_*.zip) or .npy images, in it or its subfolders", path=text
-                )
-            paths.extend(found)
-        else:
-            paths.append(text)
-    unique = list(dict.fromkeys(paths))  # the same path given twice is one input
+    unique = expand(inputs)  # the same path given twice is one input
     named = collect(unique)
     refused = [(q.path, q.message) for q in named.problems]
     bad = {q.path for q in named.problems}
@@ -102,7 +92,12 @@ def predict_cmd(
     """
     from mimir.inference.predictions import z_value
     from mimir.inference.predictor import Predictor
-    from mimir.outputs.writers import check_layout, output_format, render_tables, write_results
+    from mimir.outputs.writers import (
+        check_layout,
+        output_format,
+        render_tables,
+        write_results,
+    )
 
     output = pick_output(output, out_alias)
     try:

@@ -9,30 +9,23 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mimir.cli.app import EXIT_CODES_HELP, app, console, err_console, handle_errors, report_error, say
+from mimir.cli.app import (
+    EXIT_CODES_HELP,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    report_error,
+    say,
+)
 from mimir.errors import EXIT_ERROR, EXIT_PARTIAL, UsageError
-
-
-def _expand(inputs: list[str]) -> list[str]:
-    """Files as given; a folder stands for its ``*.zip`` files (sorted)."""
-    out: list[str] = []
-    for text in inputs:
-        p = Path(text)
-        if p.is_dir():
-            found = sorted(str(c) for c in p.iterdir() if c.is_file() and c.suffix.lower() == ".zip")
-            if not found:
-                raise UsageError("holds no .zip files", path=text)
-            out.extend(found)
-        else:
-            out.append(text)
-    return out
 
 
 @app.command("qc", epilog=EXIT_CODES_HELP)
 @handle_errors
 def qc_cmd(
     inputs: list[str] = typer.Argument(
-        ..., metavar="INPUT", help="Subject zips (field 20201); a folder means its .zip files."
+        ..., metavar="INPUT", help="Subject zips (field 20201); a folder means the *_20201_*_*.zip files in it and its subfolders."
     ),
     output: Optional[Path] = typer.Option(  # noqa: UP007 (typer needs Optional)
         None, "-o", "--output", metavar="FILE", help="Write the QC table to this .csv file (default: a table on screen)."
@@ -50,6 +43,7 @@ def qc_cmd(
     Example: [bold]mimir qc release/ -o qc.csv[/]
     """
     from mimir.preprocessing.qc_table import qc_files, write_qc_csv
+    from mimir.utils.discovery import expand
 
     if output is not None:
         if output.suffix.lower() != ".csv":
@@ -57,7 +51,7 @@ def qc_cmd(
                              hint="Give a .csv file name.")
         if output.is_dir():
             raise UsageError("is a folder", path=str(output), hint="Give a .csv file name.")
-    files = _expand(inputs)
+    files = expand(inputs, suffixes=(".zip",))
     failed = 0
 
     def on_error(message: str) -> None:

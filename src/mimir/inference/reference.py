@@ -39,8 +39,7 @@ from mimir.models.ood import (
     OodReference,
     fit_reference,
 )
-
-_INPUT_SUFFIXES = (".zip", ".npy")
+from mimir.utils.discovery import expand
 
 
 @dataclass
@@ -57,20 +56,13 @@ class FitResult:
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Files as given; a folder stands for its ``*.zip`` and ``*.npy`` files (sorted, not recursive)."""
-    out: list[str] = []
+    """Files as given; a folder stands for its subject zips and ``.npy`` images, searched as
+    ``mimir predict`` and ``batch`` search (:func:`mimir.utils.discovery.expand`).
+    """
     for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(str(c) for c in p.iterdir() if c.is_file() and c.suffix.lower() in _INPUT_SUFFIXES)
-            if not found:
-                raise UsageError("holds no .zip or .npy files", path=str(item))
-            out.extend(found)
-        elif p.is_file():
-            out.append(str(p))
-        else:
-            raise UsageError("no such file or folder", path=str(item))
-    return out
+        if not Path(item).expanduser().exists():
+            raise UsageError("no such file or folder", path=os.fspath(item))
+    return expand(inputs)
 
 
 def fit_module_reference(
