@@ -95,7 +95,7 @@ def test_tampered_member_is_refused_at_load(tmp_path: Path) -> None:
     with pytest.raises(ModuleError, match="fails verification"):
         verify_module(read_module(tmp_path / "demo"))
     member.unlink()
-    with pytest.raises(ModuleError, match="member file member_1.safetensors is missing"):
+    with pytest.raises(ModuleError, match="member member_1.safetensors is missing"):
         load_networks(read_module(tmp_path / "demo"))
 
 

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from mimir import __version__
 from mimir.errors import MimirError, ModuleError
 from mimir.models.ood import OodReference, OodSpec, load_reference, reference_bytes
-from mimir.utils.hashing import file_sha256
+from mimir.utils.hashing import file_sha256, read_verified
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -613,20 +613,8 @@ def load_state_dicts(spec: ModuleSpec, *, verify: bool = True) -> list[dict[str,
 
     out = []
     for m in spec.members:
-        p = spec.member_path(m)
-        try:
-            data = p.read_bytes()
-        except FileNotFoundError:
-            raise ModuleError(f"member file {m.file} is missing", path=spec.name, hint=_reinstall_hint(spec)) from None
-        if verify:
-            got = hashlib.sha256(data).hexdigest()
-            if got != m.sha256:
-                raise ModuleError(
-                    f"member {m.file} fails verification: its sha256 starts {got[:16]}, "
-                    f"module.json expects {m.sha256[:16]}",
-                    path=spec.name,
-                    hint=_reinstall_hint(spec),
-                )
+        data = read_verified(spec.member_path(m), m.sha256, label=f"member {m.file}", module=spec.name,
+                             hint=_reinstall_hint(spec), verify=verify)
         try:
             out.append(st_load(data))
         except (SafetensorError, Exception) as exc:

@@ -31,7 +31,6 @@ safetensors lazily.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mimir.errors import ModuleError
+from mimir.utils.hashing import read_verified
 
 if TYPE_CHECKING:  # pragma: no cover
     from mimir.models.resnet import ResNet50
@@ -309,20 +309,8 @@ def load_reference(folder: Path, spec: OodSpec, *, module: str, size: int | None
     from safetensors.numpy import load as st_load
 
     hint = f"Refit it with: mimir fit-reference -m {module} IMAGES..."
-    path = Path(folder) / spec.file
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModuleError(f"OOD reference {spec.file} is missing", path=module, hint=hint) from None
-    if verify:
-        got = hashlib.sha256(data).hexdigest()
-        if got != spec.sha256:
-            raise ModuleError(
-                f"OOD reference {spec.file} fails verification: its sha256 starts {got[:16]}, "
-                f"module.json expects {spec.sha256[:16]}",
-                path=module,
-                hint=hint,
-            )
+    data = read_verified(Path(folder) / spec.file, spec.sha256, label=f"OOD reference {spec.file}", module=module,
+                         hint=hint, verify=verify)
     try:
         arrays = st_load(data)
         mean, prec = arrays["mean"].astype(np.float64), arrays["precision"].astype(np.float64)
