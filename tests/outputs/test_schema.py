@@ -161,6 +161,12 @@ def test_default_modules_skip_demos_and_columns_ignore_other_installs(tmp_path: 
     r = runner.invoke(_cli(), ["predict", str(npy), "-m", "real", "-o", str(out2), "--device", "cpu"])
     assert r.exit_code == 0, r.stderr
     assert out2.read_text().splitlines()[0].split(",") == header
+    # without -m, two installed modules sharing a target would make the columns depend on what is
+    # installed (which one keeps the plain name): refused in one line that says to name them
+    r = runner.invoke(_cli(), ["predict", str(npy), "-o", str(tmp_path / "p3.csv"), "--device", "cpu"])
+    assert r.exit_code == 1 and not (tmp_path / "p3.csv").exists()
+    (line,) = r.stderr.strip().splitlines()
+    assert "installed modules another and real both predict weight_kg" in line and "-m another -m real" in line
 
     # a demo module runs when named, and is marked synthetic in CSV, JSON and on screen
     out3, out4 = tmp_path / "d.csv", tmp_path / "d.json"

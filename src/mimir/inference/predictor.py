@@ -58,7 +58,10 @@ def default_modules() -> list[ModuleSpec]:
     """The modules applied when none are named: every installed module that is not a synthetic demo.
 
     In name order (the registry's). Raises :class:`UsageError` with
-    :data:`NO_MODULE_HINT` when there is none.
+    :data:`NO_MODULE_HINT` when there is none, and when two of them predict a
+    target of the same name: which of them would get the plain column name
+    would then depend on what happens to be installed, so the user names the
+    modules (``-m``) and thereby the order.
     """
     from mimir.models.registry import scan_modules
 
@@ -88,6 +91,16 @@ def default_modules() -> list[ModuleSpec]:
         have = f" (installed: only the synthetic demo module {', '.join(demos)})" if demos else ""
         extra = f" ({len(scan.problems)} broken module folder(s): {scan.problems[0]})" if scan.problems else ""
         raise UsageError(f"no research module is installed{have}{extra}", hint=NO_MODULE_HINT)
+    owner: dict[str, str] = {}
+    for spec in research:  # without -m, a shared target would make columns depend on install order
+        for target in spec.targets:
+            first = owner.setdefault(target.name, spec.name)
+            if first != spec.name:
+                raise UsageError(
+                    f"installed modules {first} and {spec.name} both predict {target.name}",
+                    hint=f"Name the modules with -m (for example -m {first} -m {spec.name}): the first named "
+                    "keeps the plain column names, the others' shared targets are prefixed with their module name.",
+                )
     return research
 
 
