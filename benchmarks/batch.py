@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = [TargetSpec(name=n, unit="u", mean=0.0, sd=1.0) for n in ("a", "b", "c")]
     module = str(tmp / "module")
     members = [mean_variance_resnet50(3, args.width).state_dict()]
+    members[0]["fc.weight"].zero_()  # untrained features are huge: a zero head keeps every output finite
+    members[0]["fc.bias"].zero_()      # (non-finite predictions fail their subject), at the same cost
     write_module(module, name="bench", version="1", targets=targets, state_dicts=members)
 
     rows: list[dict] = []
