@@ -162,6 +162,19 @@ def pick_output(output: Any, alias: Any, *, required: bool = False) -> Any:
     return value
 
 
+def module_option(*, columns: bool) -> Any:
+    """The ``-m/--module`` option, declared once for every command that applies modules.
+
+    ``columns``: the command writes prediction columns, whose order follows the modules'.
+    """
+    order = "repeatable; columns follow this order" if columns else "repeatable"
+    return typer.Option(
+        None, "-m", "--module", metavar="MODULE",
+        help=f"Module name or folder ({order}). Default: every installed module except the synthetic demo.",
+        show_default=False,
+    )
+
+
 def parse_gpus(text: str | None, *, single: bool = False) -> list[int] | None:
     """``--gpu`` text: ``"0"`` -> [0], ``"0,1"`` -> [0, 1]; None stays None.
 

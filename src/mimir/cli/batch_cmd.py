@@ -12,6 +12,7 @@ from mimir.cli.app import (
     app,
     err_console,
     handle_errors,
+    module_option,
     parse_gpus,
     pick_output,
     report_error,
@@ -33,12 +34,7 @@ def batch_cmd(
         help="Output folder (records, predictions, errors, run.json). Required.", show_default=False,
     ),
     out_alias: Optional[Path] = typer.Option(None, "--out", hidden=True),  # noqa: UP007 (old spelling)
-    module: Optional[list[str]] = typer.Option(  # noqa: UP007
-        None, "-m", "--module", metavar="MODULE",
-        help="Module name or folder (repeatable; columns follow this order). Default: every installed module "
-        "except the synthetic demo.",
-        show_default=False,
-    ),
+    module: Optional[list[str]] = module_option(columns=True),  # noqa: UP007 (typer needs Optional)
     csv_format: str = typer.Option(
         "wide", "--format", metavar="wide|long",
         help="predictions.csv layout: wide (one row per subject) or long (one row per subject and target).",

@@ -12,7 +12,7 @@ import numpy as np
 import typer
 from rich.markup import escape
 
-from mimir.cli.app import EXIT_CODES_HELP, app, console, handle_errors, parse_gpus, report_error
+from mimir.cli.app import EXIT_CODES_HELP, app, console, handle_errors, module_option, parse_gpus, report_error
 from mimir.errors import EXIT_ERROR, EXIT_PARTIAL, MimirError, UsageError
 from mimir.inference.saliency import METHODS
 from mimir.utils import atomic
@@ -46,11 +46,7 @@ def explain_cmd(
         "in it and its subfolders.",
         show_default=False,
     ),
-    module: Optional[list[str]] = typer.Option(  # noqa: UP007 (typer needs Optional)
-        None, "-m", "--module", metavar="MODULE",
-        help="Module name or folder (repeatable). Default: every installed module except the synthetic demo.",
-        show_default=False,
-    ),
+    module: Optional[list[str]] = module_option(columns=False),  # noqa: UP007 (typer needs Optional)
     target: Optional[list[str]] = typer.Option(  # noqa: UP007
         None, "-t", "--target", metavar="TARGET",
         help="Target to explain (repeatable). Default: every target of the modules.", show_default=False,

@@ -13,6 +13,7 @@ from mimir.cli.app import (
     console,
     err_console,
     handle_errors,
+    module_option,
     parse_gpus,
     pick_output,
     report_error,
@@ -50,12 +51,7 @@ def predict_cmd(
         "in it and its subfolders (as mimir batch searches).",
         show_default=False,
     ),
-    module: Optional[list[str]] = typer.Option(  # noqa: UP007 (typer needs Optional)
-        None, "-m", "--module", metavar="MODULE",
-        help="Module name or folder (repeatable; columns follow this order). Default: every installed module "
-        "except the synthetic demo.",
-        show_default=False,
-    ),
+    module: Optional[list[str]] = module_option(columns=True),  # noqa: UP007 (typer needs Optional)
     output: Optional[Path] = typer.Option(  # noqa: UP007
         None, "-o", "--output", metavar="FILE",
         help="Write results to this .csv or .json file (default: a table on screen).", show_default=False,
