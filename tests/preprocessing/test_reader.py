@@ -280,3 +280,26 @@ def test_rescaled_pixels_are_applied(tmp_path):
     slow = dr._slice_from_dataset(pydicom.dcmread(io.BytesIO(data)), description, "m.dcm", "x.zip")
     expected = np.arange(6, dtype=np.float32).reshape(2, 3) * 2 - 1
     assert np.array_equal(fast.pixels, expected) and np.array_equal(slow.pixels, expected)
+
+# --------------------------------------------------------------------------- the reader's fast paths
+
+
+def test_pipeline_import_leaves_pydicom_out():
+    """pydicom (~0.15 s) and requests are imported only when a file needs the general parser."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mimir
+
+    code = (
+        "import sys, mimir.preprocessing.pipeline\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydicom', 'requests')))"
+    )
+    src = str(Path(mimir.__file__).resolve().parents[1])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                       env={**os.environ, "PYTHONPATH": src})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
+

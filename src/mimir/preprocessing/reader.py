@@ -21,9 +21,9 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
 
 from mimir.errors import (
     InputError,
@@ -43,6 +43,9 @@ from mimir.utils.limits import (
     open_regular,
     quote,
 )
+
+if TYPE_CHECKING:  # pydicom costs ~0.15 s to import; only the fallback parser needs it (imported there)
+    import pydicom
 
 #: Tags read from every slice (group, element).
 _SERIES_DESCRIPTION = (0x0008, 0x103E)
@@ -357,6 +360,8 @@ def _read_members(
             if made is not None:
                 slices.append(made)
                 continue
+        import pydicom  # the general parser, for the files the fast path leaves to it
+
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
             description = str(ds.get("SeriesDescription", ""))
@@ -511,7 +516,9 @@ def _syntax_of(ds: pydicom.Dataset) -> str:
             implicit, little = (True, True)
         syntax = {(True, True): _IMPLICIT_LE, (False, True): _EXPLICIT_LE}.get((implicit, little), "1.2.840.10008.1.2.2")
         if meta is None:
-            ds.file_meta = pydicom.dataset.FileMetaDataset()
+            from pydicom.dataset import FileMetaDataset
+
+            ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = syntax
     return syntax
 
