@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +197,59 @@ def lie_about_size(path: Path, member: str, claimed: int) -> None:
             break
         at += 4
     path.write_bytes(bytes(data))
+
+
+@dataclass
+class RawMember:
+    """One member of :func:`handmade_zip`; every field the directory and the local header share can differ."""
+
+    name: str
+    data: bytes
+    method: int = zipfile.ZIP_DEFLATED
+    #: general-purpose flags (0x08: sizes and CRC in a data descriptor after the data, zeros in the local header)
+    flags: int = 0
+    #: the name in the local header (default: ``name``); its length may differ from the directory's
+    local_name: bytes | None = None
+    local_extra: bytes = b""
+    #: the CRC-32 both headers declare (default: the real one)
+    crc: int | None = None
+    #: the compressed bytes written (default: ``data`` raw-deflated, or as is when stored)
+    compressed: bytes | None = None
+    #: the uncompressed size both headers declare (default: ``len(data)``)
+    size: int | None = None
+
+
+def handmade_zip(path: Path, members: list[RawMember]) -> Path:
+    """A zip written byte by byte (local headers, data, central directory, end record), for what zipfile won't write."""
+    out = bytearray()
+    central = bytearray()
+    for m in members:
+        if m.compressed is not None:
+            comp = m.compressed
+        elif m.method == zipfile.ZIP_DEFLATED:
+            deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+            comp = deflater.compress(m.data) + deflater.flush()
+        else:
+            comp = m.data
+        crc = zlib.crc32(m.data) if m.crc is None else m.crc
+        size = len(m.data) if m.size is None else m.size
+        name = m.name.encode()
+        local_name = name if m.local_name is None else m.local_name
+        offset = len(out)
+        descriptor = bool(m.flags & 0x08)
+        local_sizes = (0, 0, 0) if descriptor else (crc, len(comp), size)
+        out += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, m.flags, m.method, 0, 0x21, *local_sizes,
+                           len(local_name), len(m.local_extra))
+        out += local_name + m.local_extra + comp
+        if descriptor:
+            out += struct.pack("<4s3L", b"PK\x07\x08", crc, len(comp), size)
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, m.flags, m.method, 0, 0x21, crc, len(comp), size,
+                               len(name), 0, 0, 0, 0, 0, offset) + name
+    start = len(out)
+    out += central
+    out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central), start, 0)
+    path.write_bytes(bytes(out))
+    return path
 
 
 def write_json(path: Path, obj) -> Path:

@@ -303,3 +303,77 @@ def test_pipeline_import_leaves_pydicom_out():
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"
 
+
+def _assert_same_slices(a, b):
+    """Every field of every slice equal, bit for bit (arrays: dtype, shape and bytes)."""
+    import dataclasses
+
+    from mimir.preprocessing.reader import SignalSlice
+
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        for field in dataclasses.fields(SignalSlice):
+            u, v = getattr(x, field.name), getattr(y, field.name)
+            if isinstance(u, np.ndarray):
+                assert (u.dtype, u.shape, u.tobytes()) == (v.dtype, v.shape, v.tobytes()), field.name
+            else:
+                assert (type(u), u) == (type(v), v), field.name
+
+
+def _count_direct_reads(monkeypatch):
+    """Patch the direct member reader to count its reads: {'read': n, 'left to zipfile': m}."""
+    from mimir.preprocessing import reader
+
+    counts = {"read": 0, "left to zipfile": 0}
+    direct = reader._read_member_direct
+
+    def counting(zf, info):
+        data = direct(zf, info)
+        counts["read" if data is not None else "left to zipfile"] += 1
+        return data
+
+    monkeypatch.setattr(reader, "_read_member_direct", counting)
+    return counts
+
+
+def test_direct_member_reader_gives_the_slices_zipfile_gives(subjects, monkeypatch):
+    """Every member read and inflated by the reader itself; the same slices when zipfile reads them."""
+    from mimir.preprocessing import reader
+
+    zip_path = generate_subject(subjects().zip_path.parent / "direct", seed=23, small=True).zip_path
+    with monkeypatch.context() as m:
+        counts = _count_direct_reads(m)
+        direct = read_signal_slices(zip_path)
+    assert counts["read"] > len(direct) // 2 and counts["left to zipfile"] == 0
+    with monkeypatch.context() as m:
+        m.setattr(reader, "_read_member_direct", lambda zf, info: None)
+        m.setattr(reader, "_zlib", None)  # the zipfile path never touches the direct reader's inflater
+        through_zipfile = read_signal_slices(zip_path)
+    _assert_same_slices(direct, through_zipfile)
+
+
+@pytest.mark.parametrize("layout", ["stored", "descriptor-and-local-extra", "zlib-fallback"])
+def test_direct_member_reader_handles_other_layouts(subjects, tmp_path, monkeypatch, layout):
+    """Stored members, sizes in data descriptors, local extra fields, and zlib when isal is missing."""
+    import zlib
+
+    from hostile import RawMember, handmade_zip
+
+    from mimir.preprocessing import reader
+
+    src = subjects().zip_path
+    expected = read_signal_slices(src)
+    with zipfile.ZipFile(src) as zf:
+        members = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    if layout == "stored":
+        copy = handmade_zip(tmp_path / "x.zip", [RawMember(n, d, method=zipfile.ZIP_STORED) for n, d in members])
+    elif layout == "descriptor-and-local-extra":
+        extra = b"UT\x05\x00\x01\x00\x00\x00\x00" + b"\xca\xfe\x04\x00abcd"  # the directory has none
+        copy = handmade_zip(tmp_path / "x.zip", [RawMember(n, d, flags=0x08, local_extra=extra) for n, d in members])
+    else:
+        monkeypatch.setattr(reader, "_zlib", zlib)
+        copy = src
+    counts = _count_direct_reads(monkeypatch)
+    _assert_same_slices(read_signal_slices(copy), expected)
+    assert counts["read"] > 0 and counts["left to zipfile"] == 0
+

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from hostile import (
     MiB,
+    RawMember,
     edit_dicom,
+    handmade_zip,
     lie_about_size,
     mimir_capped,
     rewrite_zip,
@@ -101,6 +103,138 @@ def test_member_over_the_cap_is_refused_on_the_bytes_read(tmp_path, monkeypatch)
     with zipfile.ZipFile(zf_path) as zf:
         with pytest.raises(LimitError, match="MIMIR_MAX_MEMBER_BYTES"):
             reader._read_member_bytes(zf, zf.getinfo("a.dcm"), zf_path)
+
+
+class _Inflations:
+    """Stands in for the reader's inflate module and records what it is asked to inflate."""
+
+    def __init__(self, real):
+        self.real, self.max_lengths, self.outputs = real, [], []
+        self.crc32 = real.crc32
+        self.error = getattr(real, "error", None)
+
+    def decompressobj(self, wbits):
+        inflater = self.real.decompressobj(wbits)
+        outer = self
+
+        class Recording:
+            def decompress(self, data, max_length):
+                outer.max_lengths.append(max_length)
+                out = inflater.decompress(data, max_length)
+                outer.outputs.append(len(out))
+                return out
+
+            @property
+            def eof(self):
+                return inflater.eof
+
+        return Recording()
+
+
+@pytest.fixture
+def inflations(monkeypatch):
+    recorder = _Inflations(reader._zlib)
+    monkeypatch.setattr(reader, "_zlib", recorder)
+    return recorder
+
+
+def _one_member(tmp_path, member: RawMember):
+    path = handmade_zip(tmp_path / "x.zip", [member])
+    return zipfile.ZipFile(path), path
+
+
+def _dicom_like(n: int = 200_000) -> bytes:
+    return b"".join(i.to_bytes(4, "little") for i in range(n // 4))
+
+
+@pytest.mark.parametrize("claimed", [1000, 400_000])
+def test_direct_reader_caps_what_a_lying_directory_can_inflate(tmp_path, inflations, claimed):
+    """40 MiB of zeros that the directory calls smaller: the direct reader inflates at most the claimed
+    size + 1 bytes (none when the compressed size is already more than deflate writes for the claim) and
+    leaves the member to zipfile, which stops at the claimed size (bad CRC)."""
+    path = tmp_path / "lie.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.dcm", bytes(40 * MiB))
+    lie_about_size(path, "a.dcm", claimed)
+    with zipfile.ZipFile(path) as zf, pytest.raises(TruncatedZipError) as err:
+        reader._read_member_bytes(zf, zf.getinfo("a.dcm"), path)
+    assert inflations.max_lengths == ([] if claimed == 1000 else [claimed + 1])
+    assert inflations.outputs == inflations.max_lengths
+    text = str(err.value)
+    assert "member 'a.dcm' is damaged" in text and "CRC" in text and "\n" not in text
+
+
+def test_direct_reader_inflates_nothing_past_a_declared_cap(tmp_path, monkeypatch, inflations):
+    monkeypatch.setenv("MIMIR_MAX_MEMBER_BYTES", str(MiB))
+    zf, path = _one_member(tmp_path, RawMember("a.dcm", bytes(3 * MiB)))
+    with zf, pytest.raises(LimitError, match=r"member 'a.dcm' declares 3 MiB, more than 1 MiB .limit MIMIR_MAX_MEMBER"):
+        reader._read_member_bytes(zf, zf.getinfo("a.dcm"), path)
+    assert inflations.max_lengths == []
+
+
+@pytest.mark.parametrize("damage", ["flipped-bytes", "wrong-crc", "cut-short", "compressed-size-too-large"])
+def test_damaged_member_is_one_line_on_the_direct_path(tmp_path, damage):
+    """The direct reader returns a member only when it reads cleanly; otherwise zipfile reads it and its
+    error is the one-line TruncatedZipError it always was."""
+    import zlib
+
+    data = _dicom_like()
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+    comp = deflater.compress(data) + deflater.flush()
+    member = RawMember("a.dcm", data, compressed=comp)
+    if damage == "flipped-bytes":
+        member.compressed = comp[: len(comp) // 2] + bytes(64) + comp[len(comp) // 2 + 64 :]
+    elif damage == "wrong-crc":
+        member.crc = zlib.crc32(data) ^ 1
+    elif damage == "cut-short":
+        member.compressed = comp[: len(comp) // 2]
+    else:  # more compressed bytes declared than the file holds
+        member.compressed = comp[: len(comp) // 2]
+        path = handmade_zip(tmp_path / "x.zip", [member])
+        raw = bytearray(path.read_bytes())
+        at = raw.rindex(b"PK\x01\x02")
+        raw[at + 20 : at + 24] = (len(comp) * 2).to_bytes(4, "little")
+        path.write_bytes(bytes(raw))
+    path = tmp_path / "x.zip" if damage == "compressed-size-too-large" else handmade_zip(tmp_path / "x.zip", [member])
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("a.dcm")
+        assert reader._read_member_direct(zf, info) is None
+        with pytest.raises(TruncatedZipError) as err:
+            reader._read_member_bytes(zf, info, path)
+    text = str(err.value)
+    assert "member 'a.dcm' is damaged" in text and "x.zip" in text and "\n" not in text
+
+
+def test_local_header_is_checked_against_the_directory(tmp_path):
+    """The local header's own name and extra lengths are used; a different name is refused as zipfile refuses it."""
+    data = _dicom_like()
+    extra = b"\xca\xfe\x08\x00" + bytes(8)
+    zf, path = _one_member(tmp_path, RawMember("a.dcm", data, local_extra=extra))
+    with zf:
+        assert reader._read_member_direct(zf, zf.getinfo("a.dcm")) == data
+    for local_name in (b"a.dcm.longer-name", b"b.dcm", b""):
+        zf, path = _one_member(tmp_path, RawMember("a.dcm", data, local_name=local_name))
+        with zf:
+            info = zf.getinfo("a.dcm")
+            assert reader._read_member_direct(zf, info) is None
+            with pytest.raises(TruncatedZipError) as err:
+                reader._read_member_bytes(zf, info, path)
+        text = str(err.value)
+        assert "member 'a.dcm' is damaged" in text and "differ" in text and "\n" not in text
+    zf, path = _one_member(tmp_path, RawMember("a.dcm", data))
+    raw = bytearray(path.read_bytes())
+    raw[0:4] = b"PK\x03\x05"
+    path.write_bytes(bytes(raw))
+    with zipfile.ZipFile(path) as zf, pytest.raises(TruncatedZipError, match="Bad magic number"):
+        reader._read_member_bytes(zf, zf.getinfo("a.dcm"), path)
+
+
+def test_encrypted_and_unknown_methods_are_left_to_zipfile(tmp_path):
+    for member in (RawMember("a.dcm", b"x" * 100, flags=0x01), RawMember("a.dcm", b"x" * 100, method=12),
+                   RawMember("a.dcm", b"x" * 100, flags=0x40)):
+        zf, _ = _one_member(tmp_path, member)
+        with zf:
+            assert reader._read_member_direct(zf, zf.getinfo("a.dcm")) is None
 
 
 def test_manifest_bomb_is_refused(tmp_path, subject, monkeypatch):

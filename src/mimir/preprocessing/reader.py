@@ -230,6 +230,82 @@ def _bad_zip_error(path: Path) -> InputError:
 
 _CHUNK = 1 << 20
 
+try:  # the same bytes as zlib, ~1.8x faster inflate and ~4x faster CRC-32 (inflating is most of the reader's time)
+    from isal import isal_zlib as _zlib
+except ImportError:  # no wheel for this platform: the same code on the standard library, slower
+    _zlib = zlib  # type: ignore[assignment,unused-ignore]
+_INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, getattr(_zlib, "error", zlib.error))
+
+_LOCAL_HEADER = b"PK\x03\x04"
+_LOCAL_HEADER_SIZE = 30
+_UTF8_NAME = 0x0800
+#: General-purpose flag bits the direct reader handles: deflate options (bits 1, 2), sizes and
+#: CRC in a data descriptor (bit 3: the central directory's are used), UTF-8 names (bit 11).
+#: Any other bit (encryption, patched data, reserved) leaves the member to zipfile.
+_PLAIN_FLAGS = 0x0002 | 0x0004 | 0x0008 | _UTF8_NAME
+
+
+def _read_member_direct(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | None:
+    """A stored or deflated member read and inflated here; None leaves it to zipfile.
+
+    The central directory (parsed by zipfile) gives the offset, sizes, CRC and
+    flags; the local header's signature and file name are checked and its own
+    name and extra lengths are skipped. At most the declared size + 1 bytes are
+    inflated (the caller has checked the declared size against the cap), and a
+    member is returned only when it reads cleanly: all its compressed bytes are
+    there, the deflate stream ends after exactly the declared size, and the
+    CRC-32 matches. Anything else (damaged, truncated, encrypted, another
+    method, a compressed size no encoder writes) goes to zipfile, which reads
+    or raises exactly as it did before this reader existed.
+    """
+    method, size, csize = info.compress_type, info.file_size, info.compress_size
+    if info.flag_bits & ~_PLAIN_FLAGS:
+        return None
+    if method == zipfile.ZIP_DEFLATED:
+        # deflate expands incompressible data by a few bytes per 64 kB block: a larger
+        # compressed size is a lie, and is not read into memory here
+        if csize > size + (size >> 3) + 1024:
+            return None
+    elif method != zipfile.ZIP_STORED or csize != size:
+        return None
+    fp = zf.fp
+    if fp is None:
+        return None
+    try:
+        fp.seek(info.header_offset)
+        head = fp.read(_LOCAL_HEADER_SIZE)
+        if len(head) != _LOCAL_HEADER_SIZE or head[:4] != _LOCAL_HEADER:
+            return None
+        (flags,) = struct.unpack_from("<H", head, 6)
+        name_len, extra_len = struct.unpack_from("<HH", head, 26)
+        raw_name = fp.read(name_len)
+        if extra_len:
+            fp.seek(extra_len, 1)
+        compressed = fp.read(csize)
+    except (OSError, ValueError):
+        return None
+    if len(compressed) != csize:
+        return None
+    encoding = "utf-8" if flags & _UTF8_NAME else (getattr(zf, "metadata_encoding", None) or "cp437")
+    try:
+        if raw_name.decode(encoding) != info.orig_filename:
+            return None
+    except (UnicodeDecodeError, LookupError):
+        return None
+    if method == zipfile.ZIP_DEFLATED:
+        inflater = _zlib.decompressobj(-15)
+        try:
+            data = inflater.decompress(compressed, size + 1)
+        except _INFLATE_ERRORS:
+            return None
+        if not inflater.eof or len(data) != size:
+            return None
+    else:
+        data = compressed
+    if _zlib.crc32(data) != info.CRC:
+        return None
+    return data
+
 
 def _read_member_bytes(
     zf: zipfile.ZipFile,
@@ -242,17 +318,26 @@ def _read_member_bytes(
 ) -> bytes:
     """The uncompressed bytes of one member (the first ``size`` when given).
 
-    Read in chunks with the cap enforced on the bytes actually inflated: the
-    size the zip directory declares is checked first but not trusted.
+    The cap is enforced on the bytes actually inflated: the size the zip
+    directory declares is checked first but not trusted. A whole member is
+    read by :func:`_read_member_direct` when it reads cleanly, otherwise (and
+    for the first ``size`` bytes) by zipfile in chunks.
     """
     cap = limit.value()
+    if size < 0:
+        if info.file_size > cap:
+            raise LimitError(
+                f"member {quote(info.filename, 100)} declares {_size(info.file_size)}, more than {_size(cap)} "
+                f"(limit {limit.env})",
+                path,
+                limit_hint(limit, info.file_size),
+            )
+        data = _read_member_direct(zf, info)
+        if data is not None:
+            if budget is not None:
+                budget.take(len(data), path)
+            return data
     name = quote(info.filename, 100)
-    if size < 0 and info.file_size > cap:
-        raise LimitError(
-            f"member {name} declares {_size(info.file_size)}, more than {_size(cap)} (limit {limit.env})",
-            path,
-            limit_hint(limit, info.file_size),
-        )
     want = cap + 1 if size < 0 else min(size, cap + 1)
     parts: list[bytes] = []
     got = 0
