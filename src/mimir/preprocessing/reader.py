@@ -382,12 +382,16 @@ def _manifest_hint(
     text = raw.decode("utf-8", errors="replace")
     hint: dict[str, bool] = {}
     for line in text.splitlines():
-        fields = [f.strip().strip('"') for f in line.split(",")]
-        name = next((f for f in fields if f.lower().endswith(".dcm")), None)
-        description = next((f for f in fields if f.startswith("Dixon")), None)
-        if name is None or description is None:
-            continue
-        hint[name] = is_signal_description(description)
+        name = description = None
+        for field in line.split(","):  # the first field of each kind; the rest are not looked at
+            field = field.strip().strip('"')
+            if name is None and field.lower().endswith(".dcm"):
+                name = field
+            if description is None and field.startswith("Dixon"):
+                description = field
+            if name is not None and description is not None:
+                hint[name] = is_signal_description(description)
+                break
     if not hint or any(m.filename not in hint for m in candidates):
         return None
     return hint
@@ -500,8 +504,8 @@ def _bad(member: str, path: Path, attribute: str, value: object, expected: str) 
     )
 
 
-def _numbers(member: str, path: Path, attribute: str, raw: object, count: int) -> np.ndarray:
-    """``count`` decimal numbers of a multi-valued attribute (text ``a\\b`` or a pydicom value), as float64."""
+def _numbers(member: str, path: Path, attribute: str, raw: object, count: int) -> list[float]:
+    """``count`` decimal numbers of a multi-valued attribute (text ``a\\b`` or a pydicom value), as floats."""
     if raw is None or raw == "":
         raise _bad(member, path, attribute, "", f"{count} numbers (the attribute is missing)")
     if isinstance(raw, (str, bytes)):
@@ -514,10 +518,9 @@ def _numbers(member: str, path: Path, attribute: str, raw: object, count: int) -
     if len(items) != count:
         raise _bad(member, path, attribute, raw, f"{count} numbers")
     try:
-        values = np.array([float(str(v).strip()) for v in items], dtype=np.float64)
+        return [float(str(v).strip()) for v in items]
     except (TypeError, ValueError):
         raise _bad(member, path, attribute, raw, f"{count} numbers") from None
-    return values
 
 
 def _check_slice_header(
@@ -525,8 +528,8 @@ def _check_slice_header(
     path: Path,
     rows: int,
     cols: int,
-    position: np.ndarray,
-    spacing: np.ndarray,
+    position: list[float],
+    spacing: list[float],
     slope: float | None,
     intercept: float | None,
 ) -> None:
@@ -534,15 +537,14 @@ def _check_slice_header(
     for attribute, n in (("Rows", rows), ("Columns", cols)):
         if not MIN_MATRIX <= n <= MAX_MATRIX:
             raise _bad(member, path, attribute, n, f"{MIN_MATRIX} to {MAX_MATRIX} pixels")
-    if not np.all(np.isfinite(spacing)) or not np.all(
-        (spacing >= MIN_PIXEL_SPACING_MM) & (spacing <= MAX_PIXEL_SPACING_MM)
-    ):
+    # plain float comparisons (a NaN fails every one): numpy costs more than the check on 2-3 values
+    if not all(math.isfinite(v) and MIN_PIXEL_SPACING_MM <= v <= MAX_PIXEL_SPACING_MM for v in spacing):
         text = "\\".join(f"{v:g}" for v in spacing)
         raise _bad(
             member, path, "PixelSpacing", text,
             f"finite values from {MIN_PIXEL_SPACING_MM} to {MAX_PIXEL_SPACING_MM} mm (UK Biobank: 2.2321429)",
         )
-    if not np.all(np.isfinite(position)) or np.abs(position).max() > MAX_ABS_POSITION_MM:
+    if not all(math.isfinite(v) and abs(v) <= MAX_ABS_POSITION_MM for v in position):
         text = "\\".join(f"{v:g}" for v in position)
         raise _bad(member, path, "ImagePositionPatient", text, f"finite values within +-{MAX_ABS_POSITION_MM:g} mm")
     if slope is not None and not (math.isfinite(slope) and abs(slope) <= MAX_ABS_SLOPE):
@@ -556,7 +558,7 @@ def _check_slice_header(
 def _optional_number(member: str, path: Path, attribute: str, raw: object) -> float | None:
     if raw is None or (isinstance(raw, (str, bytes)) and not raw.strip()):
         return None
-    return float(_numbers(member, path, attribute, raw, 1)[0])
+    return _numbers(member, path, attribute, raw, 1)[0]
 
 
 def _slice_from_dataset(ds: pydicom.Dataset, description: str, member: str, path: Path) -> SignalSlice:
@@ -578,7 +580,7 @@ def _slice_from_dataset(ds: pydicom.Dataset, description: str, member: str, path
     pixels = _pixels(ds, rows, cols, member, path)
     pixels = _rescale(pixels, slope, intercept)
     return SignalSlice(
-        pixels, series_number, description, position.astype(np.float32), spacing.astype(np.float32), series_time
+        pixels, series_number, description, np.array(position, np.float32), np.array(spacing, np.float32), series_time
     )
 
 
@@ -697,49 +699,97 @@ _WANTED = {
 }
 _US_TAGS = {0x0028_0002, 0x0028_0010, 0x0028_0011, 0x0028_0100, 0x0028_0103}
 _PIXEL_DATA = 0x7FE0_0010
+_TRANSFER_SYNTAX = 0x0002_0010
 _UNDEFINED = 0xFFFFFFFF
 
 
-def _walk(data: bytes, pos: int, explicit: bool, stop_group: int | None) -> tuple[dict[int, bytes], int] | None:
-    """Raw values of the top-level elements from ``pos``; None if the layout is unusual."""
+def _key(tag: int) -> int:
+    """A tag as the walker sees it: the little-endian 32-bit word of its header, element << 16 | group."""
+    return ((tag & 0xFFFF) << 16) | (tag >> 16)
+
+
+#: The walker compares whole header words: no bytes are sliced or tags assembled per element.
+_LONG_VR_CODES = frozenset(int.from_bytes(vr, "little") for vr in _LONG_VRS)
+_UN_CODE = int.from_bytes(b"UN", "little")
+_PIXEL_KEY = _key(_PIXEL_DATA)
+_SYNTAX_KEY = _key(_TRANSFER_SYNTAX)
+_NAMES = {_key(tag): name for tag, name in _WANTED.items()}
+_US_KEYS = frozenset(_key(tag) for tag in _US_TAGS)
+_KEEP = frozenset(_NAMES) | {_PIXEL_KEY}
+_REQUIRED_KEYS = tuple(_key(t) for t in (0x0028_0010, 0x0028_0011, 0x0020_0032, 0x0028_0030))
+_EXPLICIT_HEAD = struct.Struct("<IHH")  # tag word, VR, 16-bit length
+_IMPLICIT_HEAD = struct.Struct("<II")  # tag word, 32-bit length
+_U32 = struct.Struct("<I")
+
+
+def _walk(data: bytes, pos: int, explicit: bool, meta: bool = False) -> tuple[dict[int, bytes], int] | None:
+    """Raw values of the top-level elements from ``pos``; None if the layout is unusual.
+
+    Every element up to the pixel data is stepped over (its length checked
+    against the data's end, undefined-length sequences followed item by item);
+    only the values the fast path uses are kept, keyed by :func:`_key`: the
+    wanted tags and the pixel data, or with ``meta`` the transfer syntax of the
+    group-0002 file meta, where the walk stops at the first other group.
+    """
     values: dict[int, bytes] = {}
     end = len(data)
-    unpack_from = struct.unpack_from
-    while pos + 8 <= end:
-        group, elem = unpack_from("<HH", data, pos)
-        if stop_group is not None and group != stop_group:
-            break
-        tag = (group << 16) | elem
-        if explicit:
-            vr = data[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
+    keep = (_SYNTAX_KEY,) if meta else _KEEP
+    if explicit:
+        head = _EXPLICIT_HEAD.unpack_from
+        u32 = _U32.unpack_from
+        long_vrs = _LONG_VR_CODES
+        while pos + 8 <= end:
+            key, vr, length = head(data, pos)
+            if meta and key & 0xFFFF != 0x0002:
+                break
+            if vr in long_vrs:
                 if pos + 12 > end:
                     return None
-                (length,) = unpack_from("<I", data, pos + 8)
+                (length,) = u32(data, pos + 8)
                 pos += 12
+                if length == _UNDEFINED:
+                    if key == _PIXEL_KEY:
+                        return None  # encapsulated (compressed) pixel data: pydicom decodes it
+                    # an undefined-length sequence (SQ or UN): skip its items
+                    skipped = _skip_items(data, pos, vr != _UN_CODE, 0)
+                    if skipped is None:
+                        return None
+                    pos = skipped
+                    continue
             else:
-                (length,) = unpack_from("<H", data, pos + 6)
                 pos += 8
-        else:
-            vr = b""
-            (length,) = unpack_from("<I", data, pos + 4)
-            pos += 8
+            stop = pos + length
+            if stop > end:
+                return None
+            if key in keep:
+                values[key] = data[pos:stop]
+                if key == _PIXEL_KEY:
+                    return values, stop
+            pos = stop
+        return values, pos
+    head = _IMPLICIT_HEAD.unpack_from
+    while pos + 8 <= end:
+        key, length = head(data, pos)
+        if meta and key & 0xFFFF != 0x0002:
+            break
+        pos += 8
         if length == _UNDEFINED:
-            if tag == _PIXEL_DATA:
-                return None  # encapsulated (compressed) pixel data: pydicom decodes it
-            # an undefined-length sequence (explicit SQ, UN, or any implicit one): skip its items
-            skipped = _skip_items(data, pos, explicit and vr != b"UN", 0)
+            if key == _PIXEL_KEY:
+                return None
+            # an undefined-length sequence: skip its items (implicit VR throughout)
+            skipped = _skip_items(data, pos, False, 0)
             if skipped is None:
                 return None
             pos = skipped
             continue
-        if pos + length > end:
+        stop = pos + length
+        if stop > end:
             return None
-        if tag in _WANTED or tag == _PIXEL_DATA or group == 0x0002:
-            values[tag] = data[pos : pos + length]
-        pos += length
-        if tag == _PIXEL_DATA:
-            break
+        if key in keep:
+            values[key] = data[pos:stop]
+            if key == _PIXEL_KEY:
+                return values, stop
+        pos = stop
     return values, pos
 
 
@@ -831,12 +881,12 @@ def _text(raw: bytes) -> str:
 def _fast_slice(data: bytes) -> tuple[str, dict[str, object]] | None:
     """(SeriesDescription, attributes) of an uncompressed LE file, or None to use pydicom."""
     if data[128:132] == b"DICM":
-        walked = _walk(data, 132, True, 0x0002)
+        walked = _walk(data, 132, True, meta=True)
         if walked is None:
             return None
         meta, pos = walked
-        syntax = _text(meta.get(0x0002_0010, b""))
-    elif len(data) >= 8 and struct.unpack_from("<H", data, 0)[0] in (0x0008, 0x0010, 0x0018, 0x0020):
+        syntax = _text(meta.get(_SYNTAX_KEY, b""))
+    elif len(data) >= 8 and data[0] | data[1] << 8 in (0x0008, 0x0010, 0x0018, 0x0020):
         # no preamble and no file meta: the standard's default, implicit VR little endian
         # (a file that does not parse consistently that way goes to pydicom)
         syntax, pos = _IMPLICIT_LE, 0
@@ -846,24 +896,23 @@ def _fast_slice(data: bytes) -> tuple[str, dict[str, object]] | None:
         data, pos, syntax = _inflate(data[pos:]), 0, _EXPLICIT_LE
     if syntax not in (_EXPLICIT_LE, _IMPLICIT_LE):
         return None
-    walked = _walk(data, pos, syntax == _EXPLICIT_LE, None)
+    walked = _walk(data, pos, syntax == _EXPLICIT_LE)
     if walked is None:
         return None
     raw, _ = walked
-    if _PIXEL_DATA not in raw or any(t not in raw for t in (0x0028_0010, 0x0028_0011, 0x0020_0032, 0x0028_0030)):
+    if _PIXEL_KEY not in raw or any(k not in raw for k in _REQUIRED_KEYS):
         return None
     attrs: dict[str, object] = {}
-    for tag, name in _WANTED.items():
-        if tag not in raw:
+    for key, value in raw.items():
+        if key == _PIXEL_KEY:
             continue
-        value = raw[tag]
-        if tag in _US_TAGS:
+        if key in _US_KEYS:
             if len(value) != 2:
                 return None
-            attrs[name] = struct.unpack("<H", value)[0]
+            attrs[_NAMES[key]] = value[0] | value[1] << 8
         else:
-            attrs[name] = _text(value)
-    attrs["PixelData"] = raw[_PIXEL_DATA]
+            attrs[_NAMES[key]] = _text(value)
+    attrs["PixelData"] = raw[_PIXEL_KEY]
     return str(attrs.get("SeriesDescription", "")), attrs
 
 
@@ -875,7 +924,8 @@ def _slice_from_fast(attrs: dict[str, object], description: str, member: str = "
     """
     if attrs.get("SamplesPerPixel", 1) != 1 or attrs.get("BitsAllocated", 16) != 16:
         return None
-    path = Path(path) if path is not None else Path("")
+    if not isinstance(path, Path):
+        path = Path(path) if path is not None else Path("")
     rows, cols = int(attrs["Rows"]), int(attrs["Columns"])  # type: ignore[arg-type]
     pixel_bytes = attrs["PixelData"]
     assert isinstance(pixel_bytes, bytes)
@@ -897,6 +947,6 @@ def _slice_from_fast(attrs: dict[str, object], description: str, member: str = "
     pixels = np.frombuffer(pixel_bytes, dtype=dtype, count=rows * cols).reshape(rows, cols).astype(np.float32)
     pixels = _rescale(pixels, slope, intercept)
     return SignalSlice(
-        pixels, series_number, description, position.astype(np.float32), spacing.astype(np.float32),
+        pixels, series_number, description, np.array(position, np.float32), np.array(spacing, np.float32),
         str(attrs.get("SeriesTime", "")),
     )
