@@ -122,7 +122,6 @@ def make_image(water: np.ndarray, fat: np.ndarray) -> np.ndarray:
                 fat_fraction_channel(fat[:, keep, :], body.signal[:, keep, :], body.mask[:, keep, :]),
             ]
         )
-    accel.image_made()
     return image
 
 
