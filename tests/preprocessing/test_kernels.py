@@ -61,6 +61,33 @@ def test_fusion_and_image_are_bit_identical(monkeypatch, kwargs):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(seed=4),
+        dict(seed=5, rows=(60, 64, 64, 62), cols=56),
+        dict(seed=6, slices=(30, 12, 25, 20), dz=(3.0, 4.5, 4.5, 3.5), overlap_mm=(40.0, 9.0, 45.0)),
+        dict(seed=7, overlap_mm=(-6.0, 20.0, 30.0)),  # a gap between the first two stations
+    ],
+)
+def test_image_from_placed_stations_is_bit_identical(monkeypatch, kwargs):
+    from mimir.preprocessing.pipeline import image_of_stations
+
+    stations = make_station_set(**kwargs)
+    monkeypatch.setenv("MIMIR_KERNELS", "0")
+    assert fusion.place_stations(stations) is None
+    fused = fuse_stations(stations)
+    plain = projection.make_image(fused.water, fused.fat)
+    assert np.array_equal(image_of_stations(stations), plain)
+    monkeypatch.setenv("MIMIR_KERNELS", "1")
+    placed = fusion.place_stations(stations)
+    assert placed is not None and placed.water.dtype == np.float32
+    assert np.array_equal(projection.make_image_from_placed(placed), plain)
+    assert np.array_equal(image_of_stations(stations), plain)
+    volumes = placed.volumes()
+    assert np.array_equal(volumes.water, fused.water) and np.array_equal(volumes.fat, fused.fat)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(2, 12)),

@@ -288,6 +288,101 @@ static PyObject *paste_into(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ placed stations */
+
+/*
+ * Stations placed but not yet pasted: station i is buf[offsets[i]:] read as a C-ordered float32
+ * array of shapes[i] (rows, cols, slices), placed at starts[i] in a (n_rows, n_cols, n_slices)
+ * volume; along each (row, col) line its slices below splits[i] are added to what earlier
+ * stations wrote, the rest assigned (fusion.paste). Water and fat share one placement.
+ */
+typedef struct {
+    Py_ssize_t n;
+    const int64_t *offsets, *shapes, *starts, *splits;
+    Py_ssize_t n_rows, n_cols, n_slices;
+} Placement;
+
+/*
+ * Take the placement arrays and check that every station lies inside the volume and its buffer
+ * (of `buf_len` floats), and that the stations reach the volume's last slice, so that
+ * paste_line writes every slice of every line.
+ */
+static int take_placement(Held *held, PyObject *o_off, PyObject *o_shp, PyObject *o_sta, PyObject *o_spl,
+                          Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t n_slices, Py_ssize_t buf_len,
+                          Placement *p)
+{
+    Py_buffer *offs = take(held, o_off, "offsets", I64, 1, 0, 1);
+    if (!offs) return 0;
+    Py_buffer *shp = take(held, o_shp, "shapes", I64, 2, 0, 1);
+    if (!shp) return 0;
+    Py_buffer *sta = take(held, o_sta, "starts", I64, 2, 0, 1);
+    if (!sta) return 0;
+    Py_buffer *spl = take(held, o_spl, "splits", I64, 1, 0, 1);
+    if (!spl) return 0;
+    Py_ssize_t n = SHAPE(offs, 0);
+    if (SHAPE(shp, 0) != n || SHAPE(shp, 1) != 3 || SHAPE(sta, 0) != n || SHAPE(sta, 1) != 3 || SHAPE(spl, 0) != n) {
+        PyErr_SetString(PyExc_ValueError, "offsets, shapes (n, 3), starts (n, 3) and splits must describe n stations");
+        return 0;
+    }
+    p->n = n;
+    p->offsets = offs->buf;
+    p->shapes = shp->buf;
+    p->starts = sta->buf;
+    p->splits = spl->buf;
+    p->n_rows = n_rows;
+    p->n_cols = n_cols;
+    p->n_slices = n_slices;
+    int64_t reach = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int64_t *s = p->shapes + 3 * i, *a = p->starts + 3 * i;
+        int ok = s[0] >= 0 && s[1] >= 0 && s[2] >= 0 && a[0] >= 0 && a[1] >= 0 && a[2] >= 0
+                 && a[0] + s[0] <= n_rows && a[1] + s[1] <= n_cols && a[2] + s[2] <= n_slices
+                 && p->splits[i] >= a[2] && p->splits[i] <= a[2] + s[2] && p->offsets[i] >= 0
+                 && p->offsets[i] + s[0] * s[1] * s[2] <= buf_len;
+        if (!ok) {
+            PyErr_Format(PyExc_ValueError, "station %zd does not fit into the volume or the buffer", i);
+            return 0;
+        }
+        if (a[2] + s[2] > reach) {
+            reach = a[2] + s[2];
+        }
+    }
+    if (reach != n_slices) {
+        PyErr_Format(PyExc_ValueError, "the stations end at slice %lld, the volume at %zd", (long long)reach, n_slices);
+        return 0;
+    }
+    return 1;
+}
+
+/* The pasted line (r, c) of one channel, all n_slices values, into `line` (fusion.paste's values). */
+static void paste_line(const Placement *p, const float *buf, Py_ssize_t r, Py_ssize_t c, double *line)
+{
+    int64_t written = 0;
+    for (Py_ssize_t i = 0; i < p->n; i++) {
+        const int64_t *s = p->shapes + 3 * i, *a = p->starts + 3 * i;
+        int64_t z0 = a[2], z1 = a[2] + s[2], split = p->splits[i];
+        for (int64_t z = written; z < z0; z++) {
+            line[z] = 0.0; /* a gap between stations */
+        }
+        if (a[0] <= r && r < a[0] + s[0] && a[1] <= c && c < a[1] + s[1]) {
+            const float *src = buf + p->offsets[i] + ((r - a[0]) * s[1] + (c - a[1])) * s[2] - z0;
+            for (int64_t z = z0; z < split; z++) {
+                line[z] += (double)src[z];
+            }
+            for (int64_t z = split; z < z1; z++) {
+                line[z] = (double)src[z];
+            }
+        } else {
+            for (int64_t z = split; z < z1; z++) {
+                line[z] = 0.0;
+            }
+        }
+        if (z1 > written) {
+            written = z1;
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ paste_all */
 
 PyDoc_STRVAR(paste_all_doc,
@@ -304,68 +399,69 @@ static PyObject *paste_all(PyObject *self, PyObject *args)
         return NULL;
     }
     Held held = {.n = 0};
+    Placement p;
     Py_buffer *vol = take(&held, o[0], "volume", F64, 3, 1, 1);
     if (!vol) return fail(&held);
     Py_buffer *buf = take(&held, o[1], "buf", F32, 1, 0, 1);
     if (!buf) return fail(&held);
-    Py_buffer *offs = take(&held, o[2], "offsets", I64, 1, 0, 1);
-    if (!offs) return fail(&held);
-    Py_buffer *shp = take(&held, o[3], "shapes", I64, 2, 0, 1);
-    if (!shp) return fail(&held);
-    Py_buffer *sta = take(&held, o[4], "starts", I64, 2, 0, 1);
-    if (!sta) return fail(&held);
-    Py_buffer *spl = take(&held, o[5], "splits", I64, 1, 0, 1);
-    if (!spl) return fail(&held);
-
-    Py_ssize_t n = SHAPE(offs, 0);
-    Py_ssize_t n_rows = SHAPE(vol, 0), n_cols = SHAPE(vol, 1), n_slices = SHAPE(vol, 2);
-    const int64_t *offsets = offs->buf, *shapes = shp->buf, *starts = sta->buf, *splits = spl->buf;
-    if (SHAPE(shp, 0) != n || SHAPE(shp, 1) != 3 || SHAPE(sta, 0) != n || SHAPE(sta, 1) != 3 || SHAPE(spl, 0) != n) {
-        PyErr_SetString(PyExc_ValueError, "offsets, shapes (n, 3), starts (n, 3) and splits must describe n stations");
+    if (!take_placement(&held, o[2], o[3], o[4], o[5], SHAPE(vol, 0), SHAPE(vol, 1), SHAPE(vol, 2), SHAPE(buf, 0), &p)) {
         return fail(&held);
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const int64_t *s = shapes + 3 * i, *a = starts + 3 * i;
-        int ok = s[0] >= 0 && s[1] >= 0 && s[2] >= 0 && a[0] >= 0 && a[1] >= 0 && a[2] >= 0
-                 && a[0] + s[0] <= n_rows && a[1] + s[1] <= n_cols && a[2] + s[2] <= n_slices
-                 && splits[i] >= a[2] && splits[i] <= a[2] + s[2] && offsets[i] >= 0
-                 && offsets[i] + s[0] * s[1] * s[2] <= SHAPE(buf, 0);
-        if (!ok) {
-            PyErr_Format(PyExc_ValueError, "station %zd does not fit into the volume or the buffer", i);
-            return fail(&held);
+    double *flat = vol->buf;
+    const float *src = buf->buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < p.n_rows; r++) {
+        for (Py_ssize_t c = 0; c < p.n_cols; c++) {
+            paste_line(&p, src, r, c, flat + (r * p.n_cols + c) * p.n_slices);
         }
     }
-    double *flat = vol->buf;
-    const float *src_all = buf->buf;
+    Py_END_ALLOW_THREADS
+    release_all(&held);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ placed_lines */
+
+PyDoc_STRVAR(placed_lines_doc,
+"placed_lines(buf, offsets, shapes, starts, splits, n_rows, n_cols, n_slices, rows, cols, out)\n\n"
+"The pasted lines (rows[k], cols[k]) of one channel, all n_slices values each, into out\n"
+"(k, n_slices) float64 C-contiguous: paste_all's values without the volume.");
+
+static PyObject *placed_lines(PyObject *self, PyObject *args)
+{
+    PyObject *o_buf, *o[4], *o_rows, *o_cols, *o_out;
+    Py_ssize_t n_rows, n_cols, n_slices;
+    if (!PyArg_ParseTuple(args, "OOOOOnnnOOO:placed_lines", &o_buf, &o[0], &o[1], &o[2], &o[3], &n_rows, &n_cols,
+                          &n_slices, &o_rows, &o_cols, &o_out)) {
+        return NULL;
+    }
+    Held held = {.n = 0};
+    Placement p;
+    Py_buffer *buf = take(&held, o_buf, "buf", F32, 1, 0, 1);
+    if (!buf) return fail(&held);
+    if (!take_placement(&held, o[0], o[1], o[2], o[3], n_rows, n_cols, n_slices, SHAPE(buf, 0), &p)) {
+        return fail(&held);
+    }
+    Py_buffer *rb = take(&held, o_rows, "rows", I64, 1, 0, 1);
+    if (!rb) return fail(&held);
+    Py_buffer *cb = take(&held, o_cols, "cols", I64, 1, 0, 1);
+    if (!cb) return fail(&held);
+    Py_buffer *out = take(&held, o_out, "out", F64, 2, 1, 1);
+    if (!out) return fail(&held);
+    Py_ssize_t k = SHAPE(rb, 0);
+    if (SHAPE(cb, 0) != k || SHAPE(out, 0) != k || SHAPE(out, 1) != n_slices) {
+        PyErr_SetString(PyExc_ValueError, "placed_lines: rows, cols and out (k, n_slices) do not agree");
+        return fail(&held);
+    }
+    const int64_t *rows = rb->buf, *cols = cb->buf;
+    if (!check_indices(rows, k, n_rows, "rows") || !check_indices(cols, k, n_cols, "cols")) {
+        return fail(&held);
+    }
+    double *dst = out->buf;
+    const float *src = buf->buf;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < n_rows; r++) {
-        for (Py_ssize_t c = 0; c < n_cols; c++) {
-            double *line = flat + (r * n_cols + c) * n_slices;
-            int64_t written = 0;
-            for (Py_ssize_t i = 0; i < n; i++) {
-                const int64_t *s = shapes + 3 * i, *a = starts + 3 * i;
-                int64_t z0 = a[2], z1 = a[2] + s[2], split = splits[i];
-                for (int64_t z = written; z < z0; z++) {
-                    line[z] = 0.0; /* a gap between stations */
-                }
-                if (a[0] <= r && r < a[0] + s[0] && a[1] <= c && c < a[1] + s[1]) {
-                    const float *src = src_all + offsets[i] + ((r - a[0]) * s[1] + (c - a[1])) * s[2] - z0;
-                    for (int64_t z = z0; z < split; z++) {
-                        line[z] += (double)src[z];
-                    }
-                    for (int64_t z = split; z < z1; z++) {
-                        line[z] = (double)src[z];
-                    }
-                } else {
-                    for (int64_t z = split; z < z1; z++) {
-                        line[z] = 0.0;
-                    }
-                }
-                if (z1 > written) {
-                    written = z1;
-                }
-            }
-        }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        paste_line(&p, src, rows[i], cols[i], dst + i * n_slices);
     }
     Py_END_ALLOW_THREADS
     release_all(&held);
@@ -417,7 +513,162 @@ static PyObject *linspace_edges(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* ------------------------------------------------------------------ projection_pass */
+/* ------------------------------------------------------------------ projection pass */
+
+/* Sums, signal range and histogram of one AP slice, accumulated line by line. */
+typedef struct {
+    Py_ssize_t n_lr, n_hf, keep, nbins;
+    double *cor_w, *cor_f, *sag_w, *sag_f; /* (n_lr, n_hf), (n_lr, n_hf), (keep, n_hf), (keep, n_hf) */
+    double *lows, *highs;
+    int64_t *hist;   /* (n_ap, nbins) */
+    double *signal;  /* scratch (n_lr, n_hf) */
+    double *edges;   /* scratch (nbins + 1) */
+    double lo, hi;
+    int finite;
+} SliceSums;
+
+/* One LR line (c) of AP slice r: water and fat values wl[z * ws], fl[z * fs], z < n_hf. */
+static inline void add_line(SliceSums *t, Py_ssize_t r, Py_ssize_t c, const double *wl, Py_ssize_t ws,
+                            const double *fl, Py_ssize_t fs)
+{
+    Py_ssize_t n_hf = t->n_hf;
+    double *sig = t->signal + c * n_hf;
+    double lo = t->lo, hi = t->hi;
+    int finite = t->finite;
+    for (Py_ssize_t z = 0; z < n_hf; z++) {
+        double s = wl[z * ws] + fl[z * fs];
+        if (s == 0) {
+            s = 1.0;
+        }
+        if (!(s - s == 0)) {
+            finite = 0;
+        }
+        sig[z] = s;
+        if (s < lo) {
+            lo = s;
+        }
+        if (s > hi) {
+            hi = s;
+        }
+    }
+    if (r < t->keep) {
+        double *cw = t->cor_w + c * n_hf, *cf = t->cor_f + c * n_hf;
+        double *sw = t->sag_w + r * n_hf, *sf = t->sag_f + r * n_hf;
+        for (Py_ssize_t z = 0; z < n_hf; z++) {
+            double wv = wl[z * ws], fv = fl[z * fs];
+            cw[z] += wv;
+            cf[z] += fv;
+            sw[z] += wv;
+            sf[z] += fv;
+        }
+    }
+    t->lo = lo;
+    t->hi = hi;
+    t->finite = finite;
+}
+
+/* Close AP slice r: its range and histogram. Returns 0 when a signal value was not finite. */
+static inline int close_slice(SliceSums *t, Py_ssize_t r)
+{
+    if (!t->finite) {
+        return 0;
+    }
+    double lo = t->lo, hi = t->hi;
+    t->lows[r] = lo;
+    t->highs[r] = hi;
+    t->lo = INFINITY;
+    t->hi = -INFINITY;
+    if (lo == hi) {
+        return 1;
+    }
+    Py_ssize_t nbins = t->nbins;
+    double *edges = t->edges;
+    linspace(lo, hi, edges, nbins + 1);
+    double denom = hi - lo;
+    int64_t *hrow = t->hist + r * nbins;
+    Py_ssize_t count = t->n_lr * t->n_hf;
+    for (Py_ssize_t p = 0; p < count; p++) {
+        double s = t->signal[p];
+        double scaled = (s - lo) / denom;
+        Py_ssize_t i = (Py_ssize_t)(scaled * (double)nbins);
+        if (i == nbins) {
+            i -= 1;
+        }
+        if (s < edges[i]) {
+            i -= 1;
+        }
+        if (s >= edges[i + 1] && i != nbins - 1) {
+            i += 1;
+        }
+        if (i < 0) { /* not reached for finite s in [lo, hi]; a guard, not a rule */
+            i = 0;
+        } else if (i >= nbins) {
+            i = nbins - 1;
+        }
+        hrow[i] += 1;
+    }
+    return 1;
+}
+
+/*
+ * Take the output arrays of a projection pass over an (n_ap, n_lr, n_hf) volume into `t`
+ * (o: cor_w, cor_f, sag_w, sag_f, lows, highs, hist) and allocate its scratch.
+ */
+static int take_sums(Held *held, PyObject **o, Py_ssize_t n_ap, Py_ssize_t n_lr, Py_ssize_t n_hf, Py_ssize_t keep,
+                     SliceSums *t)
+{
+    static const char *names[4] = {"cor_w", "cor_f", "sag_w", "sag_f"};
+    Py_buffer *v[4];
+    for (int i = 0; i < 4; i++) {
+        v[i] = take(held, o[i], names[i], F64, 2, 1, 1);
+        if (!v[i]) return 0;
+    }
+    Py_buffer *lo_b = take(held, o[4], "lows", F64, 1, 1, 1);
+    if (!lo_b) return 0;
+    Py_buffer *hi_b = take(held, o[5], "highs", F64, 1, 1, 1);
+    if (!hi_b) return 0;
+    Py_buffer *h = take(held, o[6], "hist", I64, 2, 1, 1);
+    if (!h) return 0;
+    Py_ssize_t nbins = SHAPE(h, 1);
+    int ok = keep >= 0 && keep <= n_ap && n_hf >= 0 && SHAPE(v[0], 0) == n_lr && SHAPE(v[0], 1) == n_hf
+             && SHAPE(v[1], 0) == n_lr && SHAPE(v[1], 1) == n_hf && SHAPE(v[2], 0) >= keep && SHAPE(v[2], 1) == n_hf
+             && SHAPE(v[3], 0) >= keep && SHAPE(v[3], 1) == n_hf && SHAPE(lo_b, 0) == n_ap && SHAPE(hi_b, 0) == n_ap
+             && SHAPE(h, 0) == n_ap && nbins >= 1;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "projection pass: the arrays' shapes do not agree");
+        return 0;
+    }
+    t->n_lr = n_lr;
+    t->n_hf = n_hf;
+    t->keep = keep;
+    t->nbins = nbins;
+    t->cor_w = v[0]->buf;
+    t->cor_f = v[1]->buf;
+    t->sag_w = v[2]->buf;
+    t->sag_f = v[3]->buf;
+    t->lows = lo_b->buf;
+    t->highs = hi_b->buf;
+    t->hist = h->buf;
+    t->lo = INFINITY;
+    t->hi = -INFINITY;
+    t->finite = 1;
+    t->signal = malloc(sizeof(double) * (size_t)(n_lr * n_hf + 1));
+    t->edges = malloc(sizeof(double) * (size_t)(nbins + 1));
+    if (!t->signal || !t->edges) {
+        free(t->signal);
+        free(t->edges);
+        t->signal = t->edges = NULL;
+        PyErr_NoMemory();
+        return 0;
+    }
+    return 1;
+}
+
+static void free_sums(SliceSums *t)
+{
+    free(t->signal);
+    free(t->edges);
+}
 
 PyDoc_STRVAR(projection_pass_doc,
 "projection_pass(water, fat, keep, cor_w, cor_f, sag_w, sag_f, lows, highs, hist) -> bool\n\n"
@@ -429,137 +680,135 @@ PyDoc_STRVAR(projection_pass_doc,
 
 static PyObject *projection_pass(PyObject *self, PyObject *args)
 {
-    PyObject *o[10];
+    PyObject *o_w, *o_f, *o[7];
     Py_ssize_t keep;
-    if (!PyArg_ParseTuple(args, "OOnOOOOOOO:projection_pass", &o[0], &o[1], &keep, &o[3], &o[4], &o[5], &o[6],
-                          &o[7], &o[8], &o[9])) {
+    if (!PyArg_ParseTuple(args, "OOnOOOOOOO:projection_pass", &o_w, &o_f, &keep, &o[0], &o[1], &o[2], &o[3], &o[4],
+                          &o[5], &o[6])) {
         return NULL;
     }
     Held held = {.n = 0};
-    Py_buffer *w = take(&held, o[0], "water", F64, 3, 0, 0);
+    SliceSums t = {0};
+    Py_buffer *w = take(&held, o_w, "water", F64, 3, 0, 0);
     if (!w) return fail(&held);
-    Py_buffer *f = take(&held, o[1], "fat", F64, 3, 0, 0);
+    Py_buffer *f = take(&held, o_f, "fat", F64, 3, 0, 0);
     if (!f) return fail(&held);
-    Py_buffer *cw = take(&held, o[3], "cor_w", F64, 2, 1, 1);
-    if (!cw) return fail(&held);
-    Py_buffer *cf = take(&held, o[4], "cor_f", F64, 2, 1, 1);
-    if (!cf) return fail(&held);
-    Py_buffer *sw = take(&held, o[5], "sag_w", F64, 2, 1, 1);
-    if (!sw) return fail(&held);
-    Py_buffer *sf = take(&held, o[6], "sag_f", F64, 2, 1, 1);
-    if (!sf) return fail(&held);
-    Py_buffer *lo_b = take(&held, o[7], "lows", F64, 1, 1, 1);
-    if (!lo_b) return fail(&held);
-    Py_buffer *hi_b = take(&held, o[8], "highs", F64, 1, 1, 1);
-    if (!hi_b) return fail(&held);
-    Py_buffer *h = take(&held, o[9], "hist", I64, 2, 1, 1);
-    if (!h) return fail(&held);
-
     Py_ssize_t n_ap = SHAPE(w, 0), n_lr = SHAPE(w, 1), n_hf = SHAPE(w, 2);
-    Py_ssize_t nbins = SHAPE(h, 1);
-    int ok = SHAPE(f, 0) == n_ap && SHAPE(f, 1) == n_lr && SHAPE(f, 2) == n_hf && keep >= 0 && keep <= n_ap
-             && SHAPE(cw, 0) == n_lr && SHAPE(cw, 1) == n_hf && SHAPE(cf, 0) == n_lr && SHAPE(cf, 1) == n_hf
-             && SHAPE(sw, 0) >= keep && SHAPE(sw, 1) == n_hf && SHAPE(sf, 0) >= keep && SHAPE(sf, 1) == n_hf
-             && SHAPE(lo_b, 0) == n_ap && SHAPE(hi_b, 0) == n_ap && SHAPE(h, 0) == n_ap && nbins >= 1;
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "projection_pass: the arrays' shapes do not agree");
+    if (SHAPE(f, 0) != n_ap || SHAPE(f, 1) != n_lr || SHAPE(f, 2) != n_hf) {
+        PyErr_SetString(PyExc_ValueError, "projection pass: the arrays' shapes do not agree");
         return fail(&held);
     }
-    double *signal = malloc(sizeof(double) * (size_t)(n_lr * n_hf + 1));
-    double *edges = malloc(sizeof(double) * (size_t)(nbins + 1));
-    if (!signal || !edges) {
-        free(signal);
-        free(edges);
-        release_all(&held);
-        return PyErr_NoMemory();
+    if (!take_sums(&held, o, n_ap, n_lr, n_hf, keep, &t)) {
+        return fail(&held);
     }
     const double *wb = w->buf, *fb = f->buf;
     Py_ssize_t ws0 = ESTRIDE(w, 0), ws1 = ESTRIDE(w, 1), ws2 = ESTRIDE(w, 2);
     Py_ssize_t fs0 = ESTRIDE(f, 0), fs1 = ESTRIDE(f, 1), fs2 = ESTRIDE(f, 2);
-    double *cor_w = cw->buf, *cor_f = cf->buf, *sag_w = sw->buf, *sag_f = sf->buf;
-    double *lows = lo_b->buf, *highs = hi_b->buf;
-    int64_t *hist = h->buf;
-    int finite_all = 1;
-
+    int finite = 1;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < n_ap && finite_all; r++) {
-        double lo = INFINITY, hi = -INFINITY;
-        int finite = 1;
-        int summing = r < keep;
-        double *sw_line = sag_w + r * n_hf, *sf_line = sag_f + r * n_hf;
+    for (Py_ssize_t r = 0; r < n_ap && finite; r++) {
         for (Py_ssize_t c = 0; c < n_lr; c++) {
-            const double *wl = wb + r * ws0 + c * ws1;
-            const double *fl = fb + r * fs0 + c * fs1;
-            double *sig = signal + c * n_hf;
-            double *cw_line = cor_w + c * n_hf, *cf_line = cor_f + c * n_hf;
-            for (Py_ssize_t z = 0; z < n_hf; z++) {
-                double wv = wl[z * ws2];
-                double fv = fl[z * fs2];
-                double s = wv + fv;
-                if (s == 0) {
-                    s = 1.0;
-                }
-                if (!(s - s == 0)) {
-                    finite = 0;
-                }
-                sig[z] = s;
-                if (s < lo) {
-                    lo = s;
-                }
-                if (s > hi) {
-                    hi = s;
-                }
-                if (summing) {
-                    cw_line[z] += wv;
-                    cf_line[z] += fv;
-                    sw_line[z] += wv;
-                    sf_line[z] += fv;
-                }
-            }
+            add_line(&t, r, c, wb + r * ws0 + c * ws1, ws2, fb + r * fs0 + c * fs1, fs2);
         }
-        if (!finite) {
-            finite_all = 0;
-            break;
-        }
-        lows[r] = lo;
-        highs[r] = hi;
-        if (lo == hi) {
-            continue;
-        }
-        linspace(lo, hi, edges, nbins + 1);
-        double denom = hi - lo;
-        int64_t *hrow = hist + r * nbins;
-        Py_ssize_t count = n_lr * n_hf;
-        for (Py_ssize_t p = 0; p < count; p++) {
-            double s = signal[p];
-            double scaled = (s - lo) / denom;
-            Py_ssize_t i = (Py_ssize_t)(scaled * (double)nbins);
-            if (i == nbins) {
-                i -= 1;
-            }
-            if (s < edges[i]) {
-                i -= 1;
-            }
-            if (s >= edges[i + 1] && i != nbins - 1) {
-                i += 1;
-            }
-            if (i < 0) { /* not reached for finite s in [lo, hi]; a guard, not a rule */
-                i = 0;
-            } else if (i >= nbins) {
-                i = nbins - 1;
-            }
-            hrow[i] += 1;
-        }
+        finite = close_slice(&t, r);
     }
     Py_END_ALLOW_THREADS
-
-    free(signal);
-    free(edges);
+    free_sums(&t);
     release_all(&held);
-    return PyBool_FromLong(finite_all);
+    return PyBool_FromLong(finite);
 }
 
-/* ------------------------------------------------------------------ mask_counts */
+PyDoc_STRVAR(placed_projection_pass_doc,
+"placed_projection_pass(buf_w, buf_f, offsets, shapes, starts, splits, n_rows, n_cols, n_slices, trim,\n"
+"                       keep, cor_w, cor_f, sag_w, sag_f, lows, highs, hist) -> bool\n\n"
+"projection_pass over the volumes paste_all would make from the placed water and fat stations\n"
+"(rows = AP, cols = LR, slices = HF, slices trim .. n_slices - trim - 1), without making them:\n"
+"each line is pasted into a scratch line and used at once.");
+
+static PyObject *placed_projection_pass(PyObject *self, PyObject *args)
+{
+    PyObject *o_bw, *o_bf, *p_o[4], *o[7];
+    Py_ssize_t n_rows, n_cols, n_slices, trim, keep;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnnnnOOOOOOO:placed_projection_pass", &o_bw, &o_bf, &p_o[0], &p_o[1],
+                          &p_o[2], &p_o[3], &n_rows, &n_cols, &n_slices, &trim, &keep, &o[0], &o[1], &o[2],
+                          &o[3], &o[4], &o[5], &o[6])) {
+        return NULL;
+    }
+    Held held = {.n = 0};
+    SliceSums t = {0};
+    Placement p;
+    Py_buffer *bw = take(&held, o_bw, "buf_w", F32, 1, 0, 1);
+    if (!bw) return fail(&held);
+    Py_buffer *bf = take(&held, o_bf, "buf_f", F32, 1, 0, 1);
+    if (!bf) return fail(&held);
+    if (SHAPE(bw, 0) != SHAPE(bf, 0) || trim < 0 || 2 * trim > n_slices) {
+        PyErr_SetString(PyExc_ValueError, "placed_projection_pass: buffers of different sizes, or trim out of range");
+        return fail(&held);
+    }
+    if (!take_placement(&held, p_o[0], p_o[1], p_o[2], p_o[3], n_rows, n_cols, n_slices, SHAPE(bw, 0), &p)) {
+        return fail(&held);
+    }
+    Py_ssize_t n_hf = n_slices - 2 * trim;
+    if (!take_sums(&held, o, n_rows, n_cols, n_hf, keep, &t)) {
+        return fail(&held);
+    }
+    double *lines = malloc(sizeof(double) * (size_t)(2 * n_slices + 2));
+    if (!lines) {
+        free_sums(&t);
+        release_all(&held);
+        return PyErr_NoMemory();
+    }
+    const float *sw = bw->buf, *sf = bf->buf;
+    int finite = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < n_rows && finite; r++) {
+        for (Py_ssize_t c = 0; c < n_cols; c++) {
+            paste_line(&p, sw, r, c, lines);
+            paste_line(&p, sf, r, c, lines + n_slices);
+            add_line(&t, r, c, lines + trim, 1, lines + n_slices + trim, 1);
+        }
+        finite = close_slice(&t, r);
+    }
+    Py_END_ALLOW_THREADS
+    free(lines);
+    free_sums(&t);
+    release_all(&held);
+    return PyBool_FromLong(finite);
+}
+
+/* ------------------------------------------------------------------ mask counts */
+
+/* Body-mask voxels of one line: signal (water + fat, 0 replaced by 1) >= threshold. */
+static inline int64_t count_line(const double *wl, Py_ssize_t ws, const double *fl, Py_ssize_t fs, Py_ssize_t n,
+                                 double threshold)
+{
+    int64_t count = 0;
+    for (Py_ssize_t z = 0; z < n; z++) {
+        double s = wl[z * ws] + fl[z * fs];
+        if (s == 0) {
+            s = 1.0;
+        }
+        if (s >= threshold) {
+            count += 1;
+        }
+    }
+    return count;
+}
+
+static int take_counts(Held *held, PyObject *o_ap, PyObject *o_lr, Py_ssize_t n_ap, Py_ssize_t n_lr,
+                       Py_ssize_t keep, int64_t **ap_out, int64_t **lr_out)
+{
+    Py_buffer *ap = take(held, o_ap, "counts_ap", I64, 1, 1, 1);
+    if (!ap) return 0;
+    Py_buffer *lr = take(held, o_lr, "counts_lr", I64, 1, 1, 1);
+    if (!lr) return 0;
+    if (keep < 0 || keep > n_ap || SHAPE(ap, 0) < keep || SHAPE(lr, 0) != n_lr) {
+        PyErr_SetString(PyExc_ValueError, "mask_counts: the arrays' shapes do not agree");
+        return 0;
+    }
+    *ap_out = ap->buf;
+    *lr_out = lr->buf;
+    return 1;
+}
 
 PyDoc_STRVAR(mask_counts_doc,
 "mask_counts(water, fat, keep, threshold, counts_ap, counts_lr)\n\n"
@@ -576,44 +825,83 @@ static PyObject *mask_counts(PyObject *self, PyObject *args)
         return NULL;
     }
     Held held = {.n = 0};
+    int64_t *counts_ap, *counts_lr;
     Py_buffer *w = take(&held, o_w, "water", F64, 3, 0, 0);
     if (!w) return fail(&held);
     Py_buffer *f = take(&held, o_f, "fat", F64, 3, 0, 0);
     if (!f) return fail(&held);
-    Py_buffer *ap = take(&held, o_ap, "counts_ap", I64, 1, 1, 1);
-    if (!ap) return fail(&held);
-    Py_buffer *lr = take(&held, o_lr, "counts_lr", I64, 1, 1, 1);
-    if (!lr) return fail(&held);
     Py_ssize_t n_ap = SHAPE(w, 0), n_lr = SHAPE(w, 1), n_hf = SHAPE(w, 2);
-    if (SHAPE(f, 0) != n_ap || SHAPE(f, 1) != n_lr || SHAPE(f, 2) != n_hf || keep < 0 || keep > n_ap
-        || SHAPE(ap, 0) < keep || SHAPE(lr, 0) != n_lr) {
+    if (SHAPE(f, 0) != n_ap || SHAPE(f, 1) != n_lr || SHAPE(f, 2) != n_hf) {
         PyErr_SetString(PyExc_ValueError, "mask_counts: the arrays' shapes do not agree");
+        return fail(&held);
+    }
+    if (!take_counts(&held, o_ap, o_lr, n_ap, n_lr, keep, &counts_ap, &counts_lr)) {
         return fail(&held);
     }
     const double *wb = w->buf, *fb = f->buf;
     Py_ssize_t ws0 = ESTRIDE(w, 0), ws1 = ESTRIDE(w, 1), ws2 = ESTRIDE(w, 2);
     Py_ssize_t fs0 = ESTRIDE(f, 0), fs1 = ESTRIDE(f, 1), fs2 = ESTRIDE(f, 2);
-    int64_t *counts_ap = ap->buf, *counts_lr = lr->buf;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < keep; r++) {
         for (Py_ssize_t c = 0; c < n_lr; c++) {
-            const double *wl = wb + r * ws0 + c * ws1;
-            const double *fl = fb + r * fs0 + c * fs1;
-            int64_t n = 0;
-            for (Py_ssize_t z = 0; z < n_hf; z++) {
-                double s = wl[z * ws2] + fl[z * fs2];
-                if (s == 0) {
-                    s = 1.0;
-                }
-                if (s >= threshold) {
-                    n += 1;
-                }
-            }
+            int64_t n = count_line(wb + r * ws0 + c * ws1, ws2, fb + r * fs0 + c * fs1, fs2, n_hf, threshold);
             counts_ap[r] += n;
             counts_lr[c] += n;
         }
     }
     Py_END_ALLOW_THREADS
+    release_all(&held);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(placed_mask_counts_doc,
+"placed_mask_counts(buf_w, buf_f, offsets, shapes, starts, splits, n_rows, n_cols, n_slices, trim,\n"
+"                   keep, threshold, counts_ap, counts_lr)\n\n"
+"mask_counts over the volumes paste_all would make from the placed stations, without making them.");
+
+static PyObject *placed_mask_counts(PyObject *self, PyObject *args)
+{
+    PyObject *o_bw, *o_bf, *p_o[4], *o_ap, *o_lr;
+    Py_ssize_t n_rows, n_cols, n_slices, trim, keep;
+    double threshold;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnnnndOO:placed_mask_counts", &o_bw, &o_bf, &p_o[0], &p_o[1], &p_o[2],
+                          &p_o[3], &n_rows, &n_cols, &n_slices, &trim, &keep, &threshold, &o_ap, &o_lr)) {
+        return NULL;
+    }
+    Held held = {.n = 0};
+    Placement p;
+    int64_t *counts_ap, *counts_lr;
+    Py_buffer *bw = take(&held, o_bw, "buf_w", F32, 1, 0, 1);
+    if (!bw) return fail(&held);
+    Py_buffer *bf = take(&held, o_bf, "buf_f", F32, 1, 0, 1);
+    if (!bf) return fail(&held);
+    if (SHAPE(bw, 0) != SHAPE(bf, 0) || trim < 0 || 2 * trim > n_slices) {
+        PyErr_SetString(PyExc_ValueError, "placed_mask_counts: buffers of different sizes, or trim out of range");
+        return fail(&held);
+    }
+    if (!take_placement(&held, p_o[0], p_o[1], p_o[2], p_o[3], n_rows, n_cols, n_slices, SHAPE(bw, 0), &p)
+        || !take_counts(&held, o_ap, o_lr, n_rows, n_cols, keep, &counts_ap, &counts_lr)) {
+        return fail(&held);
+    }
+    double *lines = malloc(sizeof(double) * (size_t)(2 * n_slices + 2));
+    if (!lines) {
+        release_all(&held);
+        return PyErr_NoMemory();
+    }
+    const float *sw = bw->buf, *sf = bf->buf;
+    Py_ssize_t n_hf = n_slices - 2 * trim;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < keep; r++) {
+        for (Py_ssize_t c = 0; c < n_cols; c++) {
+            paste_line(&p, sw, r, c, lines);
+            paste_line(&p, sf, r, c, lines + n_slices);
+            int64_t n = count_line(lines + trim, 1, lines + n_slices + trim, 1, n_hf, threshold);
+            counts_ap[r] += n;
+            counts_lr[c] += n;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(lines);
     release_all(&held);
     Py_RETURN_NONE;
 }
@@ -710,6 +998,9 @@ static PyMethodDef methods[] = {
     {"linspace_edges", linspace_edges, METH_VARARGS, linspace_edges_doc},
     {"projection_pass", projection_pass, METH_VARARGS, projection_pass_doc},
     {"mask_counts", mask_counts, METH_VARARGS, mask_counts_doc},
+    {"placed_lines", placed_lines, METH_VARARGS, placed_lines_doc},
+    {"placed_projection_pass", placed_projection_pass, METH_VARARGS, placed_projection_pass_doc},
+    {"placed_mask_counts", placed_mask_counts, METH_VARARGS, placed_mask_counts_doc},
     {"stack_slices", stack_slices, METH_VARARGS, stack_slices_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -126,6 +126,38 @@ def mask_counts(water: np.ndarray, fat: np.ndarray, keep: int, threshold: float,
     _c.mask_counts(water, fat, int(keep), float(threshold), counts_ap, counts_lr)
 
 
+def placed_projection_pass(buf_w: np.ndarray, buf_f: np.ndarray, offsets: np.ndarray, shapes: np.ndarray,
+                           starts: np.ndarray, splits: np.ndarray, n_rows: int, n_cols: int, n_slices: int,
+                           trim: int, keep: int, cor_w: np.ndarray, cor_f: np.ndarray, sag_w: np.ndarray,
+                           sag_f: np.ndarray, lows: np.ndarray, highs: np.ndarray, hist: np.ndarray) -> bool:
+    """:func:`projection_pass` over the volumes :func:`paste_all` would make, without making them.
+
+    ``buf_w``, ``buf_f`` and the placement are those of
+    :class:`~mimir.preprocessing.fusion.PlacedStations`; the volume is
+    (rows = AP, cols = LR, slices = HF) with slices ``trim .. n_slices -
+    trim - 1`` used, in memory order (feet first). Each line is added up
+    into a scratch line and used at once.
+    """
+    return bool(_c.placed_projection_pass(buf_w, buf_f, *(_i64(a) for a in (offsets, shapes, starts, splits)),
+                                          int(n_rows), int(n_cols), int(n_slices), int(trim), int(keep),
+                                          cor_w, cor_f, sag_w, sag_f, lows, highs, hist))
+
+
+def placed_mask_counts(buf_w: np.ndarray, buf_f: np.ndarray, offsets: np.ndarray, shapes: np.ndarray,
+                       starts: np.ndarray, splits: np.ndarray, n_rows: int, n_cols: int, n_slices: int,
+                       trim: int, keep: int, threshold: float, counts_ap: np.ndarray, counts_lr: np.ndarray) -> None:
+    """:func:`mask_counts` over the volumes :func:`paste_all` would make (see :func:`placed_projection_pass`)."""
+    _c.placed_mask_counts(buf_w, buf_f, *(_i64(a) for a in (offsets, shapes, starts, splits)), int(n_rows),
+                          int(n_cols), int(n_slices), int(trim), int(keep), float(threshold), counts_ap, counts_lr)
+
+
+def placed_lines(buf: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, starts: np.ndarray, splits: np.ndarray,
+                 n_rows: int, n_cols: int, n_slices: int, rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
+    """Lines ``(rows[k], cols[k])`` of the volume :func:`paste_all` would make, all slices, into ``out`` (k, n_slices)."""
+    _c.placed_lines(buf, *(_i64(a) for a in (offsets, shapes, starts, splits)), int(n_rows), int(n_cols),
+                    int(n_slices), _i64(rows), _i64(cols), out)
+
+
 def stack_slices(slices: Sequence[np.ndarray]) -> np.ndarray:
     """``np.stack(slices, axis=-1)`` for equal-shaped 2-D float32 slices: a (rows, cols, n) C-contiguous array.
 
