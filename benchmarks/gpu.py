@@ -228,11 +228,6 @@ def batch_rows(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], float]:
     data = args.data / ("small" if args.quick else "full")
     gen_s = make_subjects(data, args.subjects, args.quick, args.jobs)
     print(f"  {args.subjects} subjects ready in {gen_s:.1f} s ({args.jobs} processes)", file=sys.stderr, flush=True)
-    from mimir.preprocessing.pipeline import preprocess
-
-    t0 = time.perf_counter()
-    preprocess(sorted(data.glob("*_20201_2_0.zip"))[0], cache=False)  # compiles/caches the numba kernels once
-    print(f"  preprocessing kernels ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     torch.manual_seed(0)
     targets = [TargetSpec(name=f"t{i}", unit="u", mean=0.0, sd=1.0) for i in range(TARGETS)]
     module = tmp / "batch-module"

@@ -7,14 +7,14 @@ water/fat slices beside it (the floor that the rest is measured against):
   the other, as a `mimir batch` worker does (cache off); per subject the
   minimum over ``--repeats`` passes, CPU time (user + system) and wall time;
 - cold: a fresh ``python`` process per try, from interpreter start to the
-  first image (imports, compiled-kernel loading and the subject itself);
+  first image (imports, first-touch memory and the subject itself);
   minimum over ``--cold-repeats`` tries;
 - stages (``--stages``): CPU time of each step for the first subject (min of ``--repeats``).
 
 The machine may be shared: CPU times and minima are the figures to compare;
-wall times are printed beside them. ``MIMIR_NUMBA=0`` in the environment
-measures the plain NumPy path, ``MIMIR_NUMBA=1`` the compiled kernels from
-a process's first image on (see ``mimir.preprocessing.accel``).
+wall times are printed beside them. ``MIMIR_KERNELS=0`` in the environment
+measures the plain NumPy path instead of the compiled C kernels (see
+``mimir.preprocessing.accel``).
 
     python benchmarks/preprocess.py --n 3 --dir /tmp/bench-subjects
     python benchmarks/preprocess.py --n 3 --stages
@@ -76,7 +76,7 @@ def _stages(path: str, repeats: int, queue: mp.Queue) -> None:
     """CPU seconds per step of one subject, the minimum over ``repeats`` passes (after a first, cold one)."""
     _pin_one_core()
 
-    from mimir.preprocessing import fusion, projection, stations
+    from mimir.preprocessing import fusion, geometry, pipeline, projection, qc, stations
     from mimir.preprocessing.pipeline import preprocess
     from mimir.preprocessing.reader import read_signal_slices
     from mimir.utils.hashing import file_sha256
@@ -95,15 +95,32 @@ def _stages(path: str, repeats: int, queue: mp.Queue) -> None:
         record(name, time.process_time() - t)
         return out
 
+    def pair(grouped):  # type: ignore[no-untyped-def]
+        sset = stations.pair_water_fat(grouped, path)
+        geometry.check_geometry(sset, path)
+        return sset
+
+    def image(sset):  # type: ignore[no-untyped-def]
+        placed = fusion.place_stations(sset)
+        if placed is None:  # the NumPy path (MIMIR_KERNELS=0): fused volumes, then the image
+            fused = step("fusion: resample, fade + correct, paste (NumPy)", fusion.fuse_stations, sset)
+            return step("image: mask, Otsu, projections, fat fraction (NumPy)", projection.make_image,
+                        fused.water, fused.fat)
+        return step("image from placed: projections, Otsu, mask, FF",
+                    projection.make_image_from_placed, placed)
+
     for _ in range(repeats):
         step("cache key (sha256 of the zip)", file_sha256, path)
         slices = step("read + decode water/fat slices", read_signal_slices, path)
-        grouped = step("stations: group", stations.group_stations, slices, path)
-        sset = step("stations: pair water/fat", stations.pair_water_fat, grouped, path)
-        fused = step("fusion: resample, fade + correct, paste (water + fat)", fusion.fuse_stations, sset)
-        step("image: mask, Otsu, projections, fat fraction, resize", projection.make_image, fused.water, fused.fat)
-        del slices, grouped, sset, fused
+        grouped = step("stations: sort and stack", stations.group_stations, slices, path)
+        sset = step("stations: pair water/fat, check geometry", pair, grouped)
+        step("QC record", qc.assess, sset)
+        if fusion.place_stations(sset) is not None:
+            step("fusion: resample, trim, fade + correct (placed)", fusion.place_stations, sset)
+        image(sset)
+        del slices, grouped, sset
         step("preprocess() total, cache off", lambda: preprocess(path, cache=False))
+    assert pipeline.PIPELINE_VERSION
     queue.put(list(best.items()))
 
 
@@ -156,8 +173,10 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     paths = subjects(workdir, args.n, args.seed)
     ctx = mp.get_context("spawn")
-    path_mode = {"0": "NumPy only (MIMIR_NUMBA=0)", "1": "compiled kernels from the first image (MIMIR_NUMBA=1)"}.get(
-        os.environ.get("MIMIR_NUMBA", ""), "MIMIR_NUMBA=auto (a process's first image in NumPy, then compiled kernels)"
+    from mimir.preprocessing import kernels
+
+    path_mode = "compiled kernels (C)" if kernels.enabled() else (
+        "NumPy only (MIMIR_KERNELS=0)" if kernels.available() else "NumPy only (the C extension is not built)"
     )
     print(f"preprocessing, {path_mode}; one core of {os.cpu_count()}; {platform.machine()}; "
           f"python {sys.version.split()[0]}; {time.strftime('%Y-%m-%d')}")

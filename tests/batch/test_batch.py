@@ -132,6 +132,7 @@ def test_good_and_broken_subjects(tmp_path: Path, zips) -> None:
     assert run["workers"] == 2 and run["batch_size"] == 1 and run["devices"] and run["wall_s"] > 0
     assert run["throughput_subjects_per_s"] > 0 and run["inference_wait_share"] is not None
     assert run["pipeline_version"] == "mimir-v1" and run["versions"]["mimir"]
+    assert run["versions"]["preprocessing"] == "compiled"
     assert len(record_files(out)) == 8
     subjects = read_csv(out / "subjects.csv")
     assert len(subjects) == 8 and [s["name"] for s in subjects] == sorted(s["name"] for s in subjects)

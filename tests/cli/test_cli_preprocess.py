@@ -67,3 +67,14 @@ def test_console_script_has_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert "truncated or damaged zip" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_batch_says_when_the_compiled_loops_are_missing(monkeypatch, tmp_path):
+    from mimir.preprocessing import kernels
+
+    monkeypatch.setattr(kernels, "_c", None)  # as after an install without a C compiler
+    assert not kernels.available() and not kernels.enabled()
+    (tmp_path / "in").mkdir()
+    result = runner.invoke(app, ["batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", "phantom-demo"])
+    assert "preprocessing runs without its compiled loops" in result.output
+    assert "install gcc and reinstall mimir" in result.output

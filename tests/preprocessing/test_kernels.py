@@ -1,8 +1,9 @@
 """The compiled kernels give the same bits as the plain NumPy code, step by step and end to end.
 
-``MIMIR_NUMBA=0`` switches every step back to the NumPy code of
-``fusion``/``projection``; each test runs both and compares with
-``np.array_equal`` (no tolerance).
+``MIMIR_KERNELS=0`` switches every step back to the NumPy code of
+``stations``/``fusion``/``projection``; each test runs both and compares
+with ``np.array_equal`` (no tolerance). The C extension must be built here
+(``pip install -e .`` builds it): these tests fail, not skip, without it.
 """
 
 from __future__ import annotations
@@ -22,15 +23,18 @@ from mimir.preprocessing.fusion import Grid, fuse_stations
 from mimir.preprocessing.imageops import otsu_threshold
 from stationkit import make_station_set
 
-pytest.importorskip("numba")
+
+
+def test_the_extension_is_built():
+    assert kernels.available(), "mimir.preprocessing._kernels is missing: run `pip install -e .` with a C compiler"
 
 
 def _both(monkeypatch, fn):
     """(NumPy result, compiled result) of ``fn()``."""
-    monkeypatch.setenv("MIMIR_NUMBA", "0")
+    monkeypatch.setenv("MIMIR_KERNELS", "0")
     assert not kernels.enabled()
     plain = fn()
-    monkeypatch.setenv("MIMIR_NUMBA", "1")
+    monkeypatch.setenv("MIMIR_KERNELS", "1")
     assert kernels.enabled()
     return plain, fn()
 
@@ -57,6 +61,33 @@ def test_fusion_and_image_are_bit_identical(monkeypatch, kwargs):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(seed=4),
+        dict(seed=5, rows=(60, 64, 64, 62), cols=56),
+        dict(seed=6, slices=(30, 12, 25, 20), dz=(3.0, 4.5, 4.5, 3.5), overlap_mm=(40.0, 9.0, 45.0)),
+        dict(seed=7, overlap_mm=(-6.0, 20.0, 30.0)),  # a gap between the first two stations
+    ],
+)
+def test_image_from_placed_stations_is_bit_identical(monkeypatch, kwargs):
+    from mimir.preprocessing.pipeline import image_of_stations
+
+    stations = make_station_set(**kwargs)
+    monkeypatch.setenv("MIMIR_KERNELS", "0")
+    assert fusion.place_stations(stations) is None
+    fused = fuse_stations(stations)
+    plain = projection.make_image(fused.water, fused.fat)
+    assert np.array_equal(image_of_stations(stations), plain)
+    monkeypatch.setenv("MIMIR_KERNELS", "1")
+    placed = fusion.place_stations(stations)
+    assert placed is not None and placed.water.dtype == np.float32
+    assert np.array_equal(projection.make_image_from_placed(placed), plain)
+    assert np.array_equal(image_of_stations(stations), plain)
+    volumes = placed.volumes()
+    assert np.array_equal(volumes.water, fused.water) and np.array_equal(volumes.fat, fused.fat)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(2, 12)),
@@ -73,15 +104,15 @@ def test_resample_trimmed_equals_resample_station(shape, scale, offset, cuts, se
     if np.any(g.size[0] < 1) or g.size[0, 2] - sum(cuts) < 1:
         return
     full = fusion.resample_station(v, g, 0, dtype=np.float32)
-    before = os.environ.get("MIMIR_NUMBA")
-    os.environ["MIMIR_NUMBA"] = "1"  # (hypothesis runs this many times: no monkeypatch)
+    before = os.environ.get("MIMIR_KERNELS")
+    os.environ["MIMIR_KERNELS"] = "1"  # (hypothesis runs this many times: no monkeypatch)
     try:
         fast = fusion.resample_trimmed(v, g, 0, *cuts)
     finally:
         if before is None:
-            del os.environ["MIMIR_NUMBA"]
+            del os.environ["MIMIR_KERNELS"]
         else:
-            os.environ["MIMIR_NUMBA"] = before
+            os.environ["MIMIR_KERNELS"] = before
     assert np.array_equal(fast, full[:, :, cuts[0] : full.shape[2] - cuts[1]])
 
 
@@ -90,7 +121,7 @@ def test_resample_trimmed_equals_resample_station(shape, scale, offset, cuts, se
 def test_linspace_edges_match_numpy(lo, span, n):
     hi = lo + span
     edges = np.empty(n)
-    kernels._linspace_edges(lo, hi, edges)
+    kernels.linspace_edges(lo, hi, edges)
     assert np.array_equal(edges, np.linspace(lo, hi, n))
 
 
@@ -144,7 +175,7 @@ def test_make_image_is_bit_identical_for_any_layout(monkeypatch, layout):
 def test_make_image_falls_back_for_other_layouts(monkeypatch):
     water, fat = _volumes(8, shape=(30, 52, 40))
     water, fat = np.asfortranarray(water), np.asfortranarray(fat)  # NumPy would sum pairwise here
-    monkeypatch.setenv("MIMIR_NUMBA", "1")
+    monkeypatch.setenv("MIMIR_KERNELS", "1")
     assert projection._make_image_compiled(water, fat) is None
     assert projection._make_image_compiled(water.astype(np.float32), fat.astype(np.float32)) is None
 
@@ -186,22 +217,71 @@ def test_zip_to_image_is_bit_identical(monkeypatch, tmp_path):
     assert np.array_equal(plain, fast)
 
 
-_POLICY = """
+def test_group_stations_is_bit_identical(monkeypatch, tmp_path):
+    from mimir.preprocessing.reader import read_signal_slices
+    from mimir.preprocessing.stations import group_stations
+    from mimir.synth import generate_subject
+
+    slices = read_signal_slices(generate_subject(tmp_path, seed=22, small=True).zip_path)
+    plain, fast = _both(monkeypatch, lambda: group_stations(slices))
+    assert len(plain) == len(fast) == 12
+    for a, b in zip(plain, fast):
+        assert b.voxels.flags.c_contiguous and a.voxels.dtype == b.voxels.dtype == np.float32
+        assert np.array_equal(a.voxels, b.voxels)
+
+
+def test_stack_slices_equals_numpy_stack():
+    rng = np.random.default_rng(3)
+    for n in (1, 15, 16, 17, 40):
+        parts = [rng.random((6, 9), dtype=np.float32) for _ in range(n)]
+        assert np.array_equal(kernels.stack_slices(parts), np.stack(parts, axis=-1))
+
+
+def test_kernels_refuse_arguments_that_would_index_out_of_bounds():
+    v = np.ones((4, 5, 6), np.float32)
+    taps = [np.zeros(4, np.int64), np.zeros(4, np.int64), np.ones(4), np.zeros(4)]
+    taps += [np.zeros(5, np.int64), np.zeros(5, np.int64), np.ones(5), np.zeros(5)]
+    taps += [np.zeros(6, np.int64), np.zeros(6, np.int64), np.ones(6), np.zeros(6)]
+    out = np.empty((4, 5, 6), np.float32)
+    kernels.resample_into(v, *taps, 0, out)
+    assert np.array_equal(out, v)
+    bad = list(taps)
+    bad[1] = np.full(4, 4, np.int64)  # row index 4 of 4 rows
+    with pytest.raises(ValueError, match="a1"):
+        kernels.resample_into(v, *bad, 0, out)
+    with pytest.raises(ValueError, match="c0 has 6 entries, 7 needed"):
+        kernels.resample_into(v, *taps, 1, out)
+    volume = np.empty((4, 5, 6))
+    with pytest.raises(ValueError, match="station 0 does not fit"):
+        kernels.paste_all(volume, np.ones(120, np.float32), np.array([0]), np.array([[4, 5, 7]]),
+                          np.array([[0, 0, 0]]), np.array([0]))
+    with pytest.raises(ValueError, match="station must be a float32 array"):
+        kernels._c.paste_into(volume, v.astype(np.float64), 0, 0, 0, 0)  # the C check itself
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.paste_into(volume, v, 1, 0, 0, 0)
+    with pytest.raises(ValueError, match="shapes do not agree"):
+        kernels.mask_counts(volume, volume[:3], 2, 1.0, np.zeros(2, np.int64), np.zeros(5, np.int64))
+    with pytest.raises(ValueError, match="slice 1 is not a float32"):
+        kernels.stack_slices([np.ones((2, 2), np.float32), np.ones((2, 3), np.float32)])
+
+
+def test_legacy_switch_still_turns_the_kernels_off(monkeypatch):
+    monkeypatch.delenv("MIMIR_KERNELS", raising=False)
+    monkeypatch.setenv("MIMIR_NUMBA", "0")
+    assert not kernels.enabled()
+    monkeypatch.setenv("MIMIR_KERNELS", "1")  # the new name wins
+    assert kernels.enabled()
+
+
+_COLD = """
 import sys
 from mimir.preprocessing import accel
-first = accel.compiled()
-loaded_before = "numba" in sys.modules
-accel.image_made()
-second = accel.compiled()
-print(first is None, loaded_before, second is not None)
+print(accel.compiled() is not None, "numba" in sys.modules)
 """
 
 
-def test_auto_mode_makes_the_first_image_without_numba(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "MIMIR_NUMBA"}
+def test_a_fresh_process_uses_the_kernels_from_its_first_image():
+    env = {k: v for k, v in os.environ.items() if k not in ("MIMIR_KERNELS", "MIMIR_NUMBA")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src")
-    out = subprocess.run([sys.executable, "-c", _POLICY], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["True", "False", "True"]
-    env["MIMIR_NUMBA"] = "1"
-    out = subprocess.run([sys.executable, "-c", _POLICY], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split()[0] == "False"  # forced: compiled from the first image on
+    out = subprocess.run([sys.executable, "-c", _COLD], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]

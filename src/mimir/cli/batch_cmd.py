@@ -108,6 +108,13 @@ def batch_cmd(
         num_shards=num_shards, shard_index=shard_index, engine=engine, address=address, cache=not no_cache,
         queue_size=queue_size, threads=threads, csv_layout=csv_format,
     )
+    from mimir.preprocessing import kernels
+
+    if not kernels.available():
+        report_warning(
+            "preprocessing runs without its compiled loops (mimir was installed without a C compiler): "
+            "the same images, about twice as slow; install gcc and reinstall mimir to get them"
+        )
     monitor: Monitor = RichMonitor(err_console) if err_console.is_terminal else LogMonitor(err_console)
     try:
         result = execute(opts, monitor)

@@ -394,8 +394,7 @@ def paste(stations: list[np.ndarray], start: np.ndarray, end: np.ndarray) -> np.
             volume[rows, cols, a[2] : split] += v[:, :, : split - a[2]]
             volume[rows, cols, split : b[2]] = v[:, :, split - a[2] :]
         written_to = max(written_to, b[2])
-    volume = np.swapaxes(np.flip(volume, 2), 0, 1)
-    return volume[:, :, TRIM_SLICES : volume.shape[2] - TRIM_SLICES]
+    return _reorient(volume)
 
 
 @dataclass
@@ -412,17 +411,74 @@ class FusedVolumes:
     warnings: list[str]
 
 
-def _fuse_channel_compiled(channel: list, grid: Grid, plan: OverlapPlan) -> np.ndarray | None:
-    """One channel through the compiled kernels: the kept slices of every station resampled
-    (or copied) into one float32 buffer, faded and corrected there, then pasted in one sweep.
+@dataclass(frozen=True)
+class PlacedStations:
+    """Water and fat stations resampled onto the grid, trimmed, faded and corrected, not yet added up.
 
-    The values are those of the NumPy steps in :func:`fuse_stations`; None
-    (the caller takes those steps) when the kernels are off or a station's
-    size disagrees with its place on the grid (where :func:`paste` raises).
+    The compiled path (:mod:`mimir.preprocessing.kernels`) keeps a subject in
+    this form: two float32 buffers a quarter the size of the two float64
+    volumes. :meth:`volumes` adds them up into :class:`FusedVolumes`;
+    :func:`mimir.preprocessing.projection.make_image_from_placed` makes the
+    image straight from the buffers, line by line, with the same values.
+
+    Attributes
+    ----------
+    water, fat:
+        (N,) float32: station ``i`` is ``buf[offsets[i]:]`` read as a
+        C-ordered array of ``shapes[i]`` (rows, cols, slices).
+    offsets, splits:
+        (S,) int64; along each line, station ``i``'s slices below
+        ``splits[i]`` are added to what earlier stations wrote, the rest assigned.
+    shapes, starts:
+        (S, 3) int64 sizes and places on the grid (rows, cols, slices).
+    shape:
+        (rows, cols, slices) of the added-up volume before it is reoriented
+        and :data:`TRIM_SLICES` are cut at both ends.
+    warnings:
+        Irregularities repaired on the way, as in :class:`FusedVolumes`.
     """
-    kernels = accel.compiled()
-    if kernels is None:
-        return None
+
+    water: np.ndarray
+    fat: np.ndarray
+    offsets: np.ndarray
+    shapes: np.ndarray
+    starts: np.ndarray
+    splits: np.ndarray
+    shape: tuple[int, int, int]
+    warnings: list[str]
+
+    @property
+    def placement(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(offsets, shapes, starts, splits), the arguments every placed kernel takes after the buffers."""
+        return self.offsets, self.shapes, self.starts, self.splits
+
+    def pasted(self, buf: np.ndarray) -> np.ndarray:
+        """One channel added up: the (rows, cols, slices) float64 volume of :func:`paste`, untrimmed."""
+        from mimir.preprocessing import kernels
+
+        volume = np.empty(self.shape)
+        kernels.paste_all(volume, buf, *self.placement)
+        return volume
+
+    def volumes(self) -> FusedVolumes:
+        """The fused water and fat volumes, equal to :func:`fuse_stations`'s NumPy result bit for bit."""
+        water, fat = (_reorient(self.pasted(buf)) for buf in (self.water, self.fat))
+        return FusedVolumes(water=water, fat=fat, warnings=list(self.warnings))
+
+
+def _reorient(volume: np.ndarray) -> np.ndarray:
+    """(rows, cols, slices) -> (columns, rows, slices) view, head at the end, :data:`TRIM_SLICES` cut at both ends."""
+    volume = np.swapaxes(np.flip(volume, 2), 0, 1)
+    return volume[:, :, TRIM_SLICES : volume.shape[2] - TRIM_SLICES]
+
+
+def _place_channel(channel: list, grid: Grid, plan: OverlapPlan) -> tuple[np.ndarray, list] | None:
+    """One channel's kept slices resampled (or copied) into one float32 buffer, faded and corrected there.
+
+    Returns the buffer and the stations' shapes, or None (the caller takes
+    the NumPy steps) when a station's size disagrees with its place on the
+    grid (where :func:`paste` raises) or is empty.
+    """
     shapes = []
     for i, station in enumerate(channel):
         v = station.voxels
@@ -433,11 +489,11 @@ def _fuse_channel_compiled(channel: list, grid: Grid, plan: OverlapPlan) -> np.n
         if min(shapes[-1]) <= 0 or np.any(plan.start[i] < 0):
             return None
     counts = [a * b * c for a, b, c in shapes]
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     buf = np.empty(int(sum(counts)), dtype=np.float32)
-    placed = []
+    placed, at = [], 0
     for i, station in enumerate(channel):
-        out = buf[offsets[i] : offsets[i] + counts[i]].reshape(shapes[i])
+        out = buf[at : at + counts[i]].reshape(shapes[i])
+        at += counts[i]
         v = station.voxels
         lo, hi = int(plan.cut_start[i]), int(plan.cut_end[i])
         if needs_resampling(grid, i, v.shape):
@@ -446,29 +502,57 @@ def _fuse_channel_compiled(channel: list, grid: Grid, plan: OverlapPlan) -> np.n
             np.copyto(out, v[:, :, lo : v.shape[2] - hi])
         placed.append(out)
     fade_and_correct(placed, plan.overlaps, copy=False)  # in place: the views into buf
+    return buf, shapes
+
+
+def place_stations(stations: StationSet) -> PlacedStations | None:
+    """Resample, trim, fade and correct water and fat into :class:`PlacedStations` (compiled kernels).
+
+    None when the kernels are off (:mod:`mimir.preprocessing.accel`) or the
+    stations do not fit the fast layout; :func:`fuse_stations` then takes the NumPy steps.
+    """
+    if accel.compiled() is None:
+        return None
+    grid, plan, warnings = _plan(stations)
+    water = _place_channel(stations.water, grid, plan)
+    fat = _place_channel(stations.fat, grid, plan) if water is not None else None
+    if water is None or fat is None or water[1] != fat[1]:
+        return None
+    shapes = np.array(water[1], dtype=np.int64).reshape(-1, 3)
+    counts = np.prod(shapes, axis=1)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     splits, written_to = [], 0
     for a, b in zip(plan.start, plan.end):
         splits.append(min(max(written_to, int(a[2])), int(b[2])))
         written_to = max(written_to, int(b[2]))
-    volume = np.empty(tuple(int(x) for x in plan.end.max(axis=0)))
-    kernels.paste_all(volume, buf, offsets, np.array(shapes, dtype=np.int64),
-                      np.ascontiguousarray(plan.start, dtype=np.int64), np.array(splits, dtype=np.int64))
-    volume = np.swapaxes(np.flip(volume, 2), 0, 1)
-    return volume[:, :, TRIM_SLICES : volume.shape[2] - TRIM_SLICES]
+    return PlacedStations(
+        water=water[0],
+        fat=fat[0],
+        offsets=offsets,
+        shapes=shapes,
+        starts=np.ascontiguousarray(plan.start, dtype=np.int64),
+        splits=np.array(splits, dtype=np.int64),
+        shape=tuple(int(x) for x in plan.end.max(axis=0)),
+        warnings=list(stations.warnings) + warnings,
+    )
+
+
+def _plan(stations: StationSet) -> tuple[Grid, OverlapPlan, list[str]]:
+    shapes = np.array([s.voxels.shape for s in stations.fat])
+    grid = station_grid(stations.positions, stations.spacings, shapes)
+    plan, warnings = plan_overlaps(grid)
+    return grid, plan, warnings
 
 
 def fuse_stations(stations: StationSet) -> FusedVolumes:
     """Resample, trim, fade, correct and fuse water and fat (spec sections 4-6)."""
-    shapes = np.array([s.voxels.shape for s in stations.fat])
-    grid = station_grid(stations.positions, stations.spacings, shapes)
-    plan, warnings = plan_overlaps(grid)
+    placed = place_stations(stations)
+    if placed is not None:
+        return placed.volumes()
+    grid, plan, warnings = _plan(stations)
     fused = []
     for channel in (stations.water, stations.fat):
-        compiled = _fuse_channel_compiled(channel, grid, plan)
-        if compiled is not None:
-            fused.append(compiled)
-            continue
-        placed = []
+        placed_channel = []
         for i, station in enumerate(channel):
             v = station.voxels
             if needs_resampling(grid, i, v.shape):
@@ -477,8 +561,8 @@ def fuse_stations(stations: StationSet) -> FusedVolumes:
             else:
                 # A copy of the kept slices: never modify the caller's stations.
                 v = v[:, :, plan.cut_start[i] : v.shape[2] - plan.cut_end[i]].copy()
-            placed.append(v)
-        faded = fade_and_correct(placed, plan.overlaps, copy=False)
+            placed_channel.append(v)
+        faded = fade_and_correct(placed_channel, plan.overlaps, copy=False)
         fused.append(paste(faded, plan.start, plan.end))
     all_warnings = list(stations.warnings) + warnings
     return FusedVolumes(water=fused[0], fat=fused[1], warnings=all_warnings)

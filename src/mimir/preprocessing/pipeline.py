@@ -16,9 +16,9 @@ import numpy as np
 from mimir.errors import ImageFileError
 from mimir.preprocessing import cache as image_cache
 from mimir.preprocessing import qc as qc_mod
-from mimir.preprocessing.fusion import FusedVolumes, fuse_stations
+from mimir.preprocessing.fusion import FusedVolumes, fuse_stations, place_stations
 from mimir.preprocessing.geometry import check_geometry
-from mimir.preprocessing.projection import IMAGE_SIZE, make_image
+from mimir.preprocessing.projection import IMAGE_SIZE, make_image, make_image_from_placed
 from mimir.preprocessing.qc import QCRecord
 from mimir.preprocessing.reader import read_signal_slices
 from mimir.preprocessing.stations import StationSet, group_stations, pair_water_fat
@@ -44,6 +44,21 @@ def read_stations(path: str | os.PathLike[str]) -> StationSet:
 def preprocess_volumes(path: str | os.PathLike[str]) -> FusedVolumes:
     """Read and fuse a subject zip: water and fat volumes on the 2.23 x 2.23 x 3 mm grid."""
     return fuse_stations(read_stations(path))
+
+
+def image_of_stations(stations: StationSet) -> np.ndarray:
+    """The (3, 256, 256) uint8 image of read stations: fusion and projection.
+
+    With the compiled kernels the stations are placed
+    (:func:`~mimir.preprocessing.fusion.place_stations`) and the image is
+    made from the placed buffers, never building the float64 volumes; else
+    the NumPy steps. Both give the same bits.
+    """
+    placed = place_stations(stations)
+    if placed is not None:
+        return make_image_from_placed(placed)
+    volumes = fuse_stations(stations)
+    return make_image(volumes.water, volumes.fat)
 
 
 def preprocess(path: str | os.PathLike[str], *, cache: bool = True) -> np.ndarray:
@@ -87,8 +102,7 @@ def preprocess_with_qc(path: str | os.PathLike[str], *, cache: bool = True) -> t
         log.warning("%s: QC could not be computed (%s: %s)", path, type(exc).__name__, exc)
         record = QCRecord()
         record.add(*stations.flags, "qc_incomplete")
-    volumes = fuse_stations(stations)
-    image = make_image(volumes.water, volumes.fat)
+    image = image_of_stations(stations)
     repaired = set(stations.flags)  # already logged as sentences by the stations stage
     for flag in record.flags:
         if flag not in repaired:

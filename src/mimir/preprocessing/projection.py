@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mimir.preprocessing import accel
+from mimir.preprocessing.fusion import TRIM_SLICES, PlacedStations
 from mimir.preprocessing.imageops import (
     minmax_to_u8,
     otsu_threshold,
@@ -122,7 +123,6 @@ def make_image(water: np.ndarray, fat: np.ndarray) -> np.ndarray:
                 fat_fraction_channel(fat[:, keep, :], body.signal[:, keep, :], body.mask[:, keep, :]),
             ]
         )
-    accel.image_made()
     return image
 
 
@@ -193,12 +193,27 @@ def _make_image_compiled(water: np.ndarray, fat: np.ndarray) -> np.ndarray | Non
     kernels.mask_counts(w, f, keep, threshold, counts_ap, counts_lr)
     if flip:
         cor_w, cor_f, sag_w, sag_f = (a[:, ::-1] for a in (cor_w, cor_f, sag_w, sag_f))
+    i_cor, i_sag = _slice_indices(counts_ap, counts_lr)
+    return _image_from_sums(
+        cor_w, cor_f, sag_w, sag_f,
+        (water[:, i_cor, :], fat[:, i_cor, :]), (water[i_sag, :keep, :], fat[i_sag, :keep, :]),
+    )
+
+
+def _slice_indices(counts_ap: np.ndarray, counts_lr: np.ndarray) -> tuple[int, int]:
+    """:func:`fat_fraction_slice_indices` from the mask counts per AP slice (bed cut) and per LR slice."""
     mass = int(counts_ap.sum())
-    mass_half = int(counts_lr[: n_lr // 2].sum())
-    i_cor = mass_slice_index(counts_ap, mass / 2)
-    i_sag = mass_slice_index(counts_lr, mass_half / 2)
+    mass_half = int(counts_lr[: len(counts_lr) // 2].sum())
+    return mass_slice_index(counts_ap, mass / 2), mass_slice_index(counts_lr, mass_half / 2)
+
+
+def _image_from_sums(
+    cor_w: np.ndarray, cor_f: np.ndarray, sag_w: np.ndarray, sag_f: np.ndarray,
+    coronal: tuple[np.ndarray, np.ndarray], sagittal: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """The image from the projection sums and the (water, fat) fat-fraction slices, (LR or AP, HF) float64."""
     ff = []
-    for fat_slice, water_slice in ((fat[:, i_cor, :], water[:, i_cor, :]), (fat[i_sag, :keep, :], water[i_sag, :keep, :])):
+    for water_slice, fat_slice in (coronal, sagittal):
         signal = water_slice + fat_slice
         signal[signal == 0] = 1
         ff.append(encode_fat_fraction(np.rot90(1000 * fat_slice / signal, 1)))
@@ -209,6 +224,55 @@ def _make_image_compiled(water: np.ndarray, fat: np.ndarray) -> np.ndarray | Non
             _side_by_side(ff[0], ff[1]),
         ]
     )
+
+
+def make_image_from_placed(placed: PlacedStations) -> np.ndarray:
+    """:func:`make_image` of ``placed.volumes()``, without making the float64 volumes.
+
+    Two passes of the compiled kernels over the placed float32 stations
+    (each line added up into a scratch line and used at once): the
+    projections with the per-slice histograms, then the mask counts; the
+    two fat-fraction slices are added up on their own. The same values as
+    :func:`make_image` on the volumes, bit for bit
+    (``tests/preprocessing/test_kernels.py``); about half the memory traffic.
+    """
+    from mimir.preprocessing import kernels
+
+    n_ap, n_lr, n_slices = placed.shape
+    n_hf = n_slices - 2 * TRIM_SLICES
+    keep = n_ap - BED_ROWS
+    if min(n_lr, n_hf, keep) <= 0:
+        volumes = placed.volumes()
+        return make_image(volumes.water, volumes.fat)
+    geometry = (*placed.placement, n_ap, n_lr, n_slices, TRIM_SLICES)
+    cor_w, cor_f = np.zeros((n_lr, n_hf)), np.zeros((n_lr, n_hf))
+    sag_w, sag_f = np.zeros((keep, n_hf)), np.zeros((keep, n_hf))
+    lows, highs = np.empty(n_ap), np.empty(n_ap)
+    hist = np.zeros((n_ap, 256), dtype=np.int64)
+    if not kernels.placed_projection_pass(
+        placed.water, placed.fat, *geometry, keep, cor_w, cor_f, sag_w, sag_f, lows, highs, hist
+    ):
+        volumes = placed.volumes()  # a value that is not finite: the NumPy path says which
+        return make_image(volumes.water, volumes.fat)
+    threshold = float(np.mean(otsu_thresholds_from_histograms(hist, lows, highs)))
+    counts_ap = np.zeros(keep, dtype=np.int64)
+    counts_lr = np.zeros(n_lr, dtype=np.int64)
+    kernels.placed_mask_counts(placed.water, placed.fat, *geometry, keep, threshold, counts_ap, counts_lr)
+    # The sums run along the slices in memory order, from the feet: flip them to the head-at-the-end order.
+    cor_w, cor_f, sag_w, sag_f = (a[:, ::-1] for a in (cor_w, cor_f, sag_w, sag_f))
+    i_cor, i_sag = _slice_indices(counts_ap, counts_lr)
+
+    def lines(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        for buf in (placed.water, placed.fat):
+            line = np.empty((len(rows), n_slices))
+            kernels.placed_lines(buf, *placed.placement, n_ap, n_lr, n_slices, rows, cols, line)
+            out.append(line[:, ::-1][:, TRIM_SLICES : n_slices - TRIM_SLICES])
+        return out[0], out[1]
+
+    coronal = lines(np.full(n_lr, i_cor, dtype=np.int64), np.arange(n_lr, dtype=np.int64))
+    sagittal = lines(np.arange(keep, dtype=np.int64), np.full(keep, i_sag, dtype=np.int64))
+    return _image_from_sums(cor_w, cor_f, sag_w, sag_f, coronal, sagittal)
 
 
 def _projection_from_sums(coronal_sum: np.ndarray, sagittal_sum: np.ndarray) -> np.ndarray:

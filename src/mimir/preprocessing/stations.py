@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from mimir.errors import InconsistentStationsError, MissingSeriesError
+from mimir.preprocessing import accel
 from mimir.preprocessing.reader import SignalSlice
 
 log = logging.getLogger("mimir")
@@ -91,8 +92,7 @@ def group_stations(slices: list[SignalSlice], path: str | os.PathLike[str] | Non
             )
         z = np.array([g.position[2] for g in group], dtype=np.float32)
         order = np.argsort(z)[::-1]
-        # Stack along a new first axis (contiguous writes), then one transposing copy.
-        voxels = np.ascontiguousarray(np.stack([group[i].pixels for i in order]).transpose(1, 2, 0))
+        voxels = _stack([group[i].pixels for i in order])
         positions = np.stack([g.position for g in group]).astype(np.float64)
         z64 = z.astype(np.float64)
         dz = (z64.max() - z64.min()) / (len(group) - 1)
@@ -108,6 +108,15 @@ def group_stations(slices: list[SignalSlice], path: str | os.PathLike[str] | Non
             )
         )
     return stations
+
+
+def _stack(pixels: list[np.ndarray]) -> np.ndarray:
+    """Slices (rows, cols), head first, as one C-contiguous (rows, cols, slices) float32 volume."""
+    kernels = accel.compiled()
+    if kernels is not None and all(p.dtype == np.float32 for p in pixels):
+        return kernels.stack_slices(pixels)
+    # Stack along a new first axis (contiguous writes), then one transposing copy.
+    return np.ascontiguousarray(np.stack(pixels).transpose(1, 2, 0))
 
 
 def pair_water_fat(stations: list[Station], path: str | os.PathLike[str] | None = None) -> StationSet:
