@@ -574,3 +574,16 @@ def test_valid_subject_still_reads(subject):
     stations = read_stations(subject)
     assert len(stations.water) == 6
     assert not isinstance(TruncatedZipError("x"), LimitError)
+
+
+def test_an_encrypted_member_is_one_clear_line(tmp_path):
+    member = RawMember("1.2.3.dcm", _dicom_like(4000), flags=0x1)  # "encrypted": zipfile would ask for a password
+    zf, path = _one_member(tmp_path, member)
+    with zf, pytest.raises(InputError) as err:
+        reader._read_member_bytes(zf, zf.getinfo("1.2.3.dcm"), path)
+    message = str(err.value)
+    assert message.count("\n") == 0
+    assert "member '1.2.3.dcm' is encrypted" in message and str(path) in message
+    assert "decrypt it or download it again" in message
+    with pytest.raises(InputError, match="is encrypted"):
+        preprocess(path, cache=False)

@@ -338,6 +338,10 @@ def _read_member_bytes(
                 budget.take(len(data), path)
             return data
     name = quote(info.filename, 100)
+    if info.flag_bits & 0x1:  # zipfile would raise a bare RuntimeError asking for a password
+        raise InputError(
+            f"member {name} is encrypted", path, "mimir reads unencrypted zips only: decrypt it or download it again."
+        )
     want = cap + 1 if size < 0 else min(size, cap + 1)
     parts: list[bytes] = []
     got = 0
