@@ -240,54 +240,6 @@ static PyObject *resample_into(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* ------------------------------------------------------------------ paste_into */
-
-PyDoc_STRVAR(paste_into_doc,
-"paste_into(volume, station, r0, c0, z0, split)\n\n"
-"Place one float32 station (rows, cols, depth), C-contiguous, into the float64 volume\n"
-"(C-contiguous) at (r0, c0, z0): slices below `split` (absolute) are added to what is there,\n"
-"the rest assigned (fusion.paste).");
-
-static PyObject *paste_into(PyObject *self, PyObject *args)
-{
-    PyObject *o_vol, *o_st;
-    Py_ssize_t r0, c0, z0, split;
-    if (!PyArg_ParseTuple(args, "OOnnnn:paste_into", &o_vol, &o_st, &r0, &c0, &z0, &split)) {
-        return NULL;
-    }
-    Held held = {.n = 0};
-    Py_buffer *vol = take(&held, o_vol, "volume", F64, 3, 1, 1);
-    if (!vol) return fail(&held);
-    Py_buffer *st = take(&held, o_st, "station", F32, 3, 0, 1);
-    if (!st) return fail(&held);
-    Py_ssize_t rows = SHAPE(st, 0), cols = SHAPE(st, 1), depth = SHAPE(st, 2);
-    Py_ssize_t vr = SHAPE(vol, 0), vc = SHAPE(vol, 1), vz = SHAPE(vol, 2);
-    if (r0 < 0 || c0 < 0 || z0 < 0 || r0 + rows > vr || c0 + cols > vc || z0 + depth > vz) {
-        PyErr_SetString(PyExc_ValueError, "the station does not fit into the volume at that place");
-        return fail(&held);
-    }
-    double *dst = vol->buf;
-    const float *src = st->buf;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < rows; r++) {
-        for (Py_ssize_t c = 0; c < cols; c++) {
-            double *line = dst + ((r0 + r) * vc + (c0 + c)) * vz + z0;
-            const float *s = src + (r * cols + c) * depth;
-            for (Py_ssize_t z = 0; z < depth; z++) {
-                double value = (double)s[z];
-                if (z0 + z < split) {
-                    line[z] += value;
-                } else {
-                    line[z] = value;
-                }
-            }
-        }
-    }
-    Py_END_ALLOW_THREADS
-    release_all(&held);
-    Py_RETURN_NONE;
-}
-
 /* ------------------------------------------------------------------ placed stations */
 
 /*
@@ -351,6 +303,30 @@ static int take_placement(Held *held, PyObject *o_off, PyObject *o_shp, PyObject
         PyErr_Format(PyExc_ValueError, "the stations end at slice %lld, the volume at %zd", (long long)reach, n_slices);
         return 0;
     }
+    return 1;
+}
+
+/*
+ * Take the water and fat buffers (equal sizes) of placed stations and their placement, and check
+ * that `trim` slices can be cut at both ends of the volume.
+ */
+static int take_placed_pair(Held *held, PyObject *o_bw, PyObject *o_bf, PyObject **p_o, Py_ssize_t n_rows,
+                            Py_ssize_t n_cols, Py_ssize_t n_slices, Py_ssize_t trim, const float **sw,
+                            const float **sf, Placement *p)
+{
+    Py_buffer *bw = take(held, o_bw, "buf_w", F32, 1, 0, 1);
+    if (!bw) return 0;
+    Py_buffer *bf = take(held, o_bf, "buf_f", F32, 1, 0, 1);
+    if (!bf) return 0;
+    if (SHAPE(bw, 0) != SHAPE(bf, 0) || trim < 0 || 2 * trim > n_slices) {
+        PyErr_SetString(PyExc_ValueError, "water and fat buffers of different sizes, or trim out of range");
+        return 0;
+    }
+    if (!take_placement(held, p_o[0], p_o[1], p_o[2], p_o[3], n_rows, n_cols, n_slices, SHAPE(bw, 0), p)) {
+        return 0;
+    }
+    *sw = bw->buf;
+    *sf = bf->buf;
     return 1;
 }
 
@@ -736,15 +712,8 @@ static PyObject *placed_projection_pass(PyObject *self, PyObject *args)
     Held held = {.n = 0};
     SliceSums t = {0};
     Placement p;
-    Py_buffer *bw = take(&held, o_bw, "buf_w", F32, 1, 0, 1);
-    if (!bw) return fail(&held);
-    Py_buffer *bf = take(&held, o_bf, "buf_f", F32, 1, 0, 1);
-    if (!bf) return fail(&held);
-    if (SHAPE(bw, 0) != SHAPE(bf, 0) || trim < 0 || 2 * trim > n_slices) {
-        PyErr_SetString(PyExc_ValueError, "placed_projection_pass: buffers of different sizes, or trim out of range");
-        return fail(&held);
-    }
-    if (!take_placement(&held, p_o[0], p_o[1], p_o[2], p_o[3], n_rows, n_cols, n_slices, SHAPE(bw, 0), &p)) {
+    const float *sw, *sf;
+    if (!take_placed_pair(&held, o_bw, o_bf, p_o, n_rows, n_cols, n_slices, trim, &sw, &sf, &p)) {
         return fail(&held);
     }
     Py_ssize_t n_hf = n_slices - 2 * trim;
@@ -757,7 +726,6 @@ static PyObject *placed_projection_pass(PyObject *self, PyObject *args)
         release_all(&held);
         return PyErr_NoMemory();
     }
-    const float *sw = bw->buf, *sf = bf->buf;
     int finite = 1;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < n_rows && finite; r++) {
@@ -871,15 +839,8 @@ static PyObject *placed_mask_counts(PyObject *self, PyObject *args)
     Held held = {.n = 0};
     Placement p;
     int64_t *counts_ap, *counts_lr;
-    Py_buffer *bw = take(&held, o_bw, "buf_w", F32, 1, 0, 1);
-    if (!bw) return fail(&held);
-    Py_buffer *bf = take(&held, o_bf, "buf_f", F32, 1, 0, 1);
-    if (!bf) return fail(&held);
-    if (SHAPE(bw, 0) != SHAPE(bf, 0) || trim < 0 || 2 * trim > n_slices) {
-        PyErr_SetString(PyExc_ValueError, "placed_mask_counts: buffers of different sizes, or trim out of range");
-        return fail(&held);
-    }
-    if (!take_placement(&held, p_o[0], p_o[1], p_o[2], p_o[3], n_rows, n_cols, n_slices, SHAPE(bw, 0), &p)
+    const float *sw, *sf;
+    if (!take_placed_pair(&held, o_bw, o_bf, p_o, n_rows, n_cols, n_slices, trim, &sw, &sf, &p)
         || !take_counts(&held, o_ap, o_lr, n_rows, n_cols, keep, &counts_ap, &counts_lr)) {
         return fail(&held);
     }
@@ -888,7 +849,6 @@ static PyObject *placed_mask_counts(PyObject *self, PyObject *args)
         release_all(&held);
         return PyErr_NoMemory();
     }
-    const float *sw = bw->buf, *sf = bf->buf;
     Py_ssize_t n_hf = n_slices - 2 * trim;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < keep; r++) {
@@ -993,7 +953,6 @@ done:
 
 static PyMethodDef methods[] = {
     {"resample_into", resample_into, METH_VARARGS, resample_into_doc},
-    {"paste_into", paste_into, METH_VARARGS, paste_into_doc},
     {"paste_all", paste_all, METH_VARARGS, paste_all_doc},
     {"linspace_edges", linspace_edges, METH_VARARGS, linspace_edges_doc},
     {"projection_pass", projection_pass, METH_VARARGS, projection_pass_doc},

@@ -358,6 +358,20 @@ def _fade_and_correct_slabs(out: list[np.ndarray], overlaps: np.ndarray) -> bool
     return True
 
 
+def paste_splits(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """(S,) int64: the slice from which each station is assigned rather than added.
+
+    Station ``i`` covers slices ``start[i, 2] .. end[i, 2] - 1``; those that
+    an earlier station reached (below the running maximum of the earlier
+    ends) are added to what is there, the rest assigned.
+    """
+    splits, written_to = [], 0
+    for a, b in zip(start, end):
+        splits.append(min(max(written_to, int(a[2])), int(b[2])))
+        written_to = max(written_to, int(b[2]))
+    return np.array(splits, dtype=np.int64)
+
+
 def paste(stations: list[np.ndarray], start: np.ndarray, end: np.ndarray) -> np.ndarray:
     """Add stations into one float64 volume and reorient it (spec 6.4-6.6).
 
@@ -367,33 +381,13 @@ def paste(stations: list[np.ndarray], start: np.ndarray, end: np.ndarray) -> np.
     head-foot with the head at the end), :data:`TRIM_SLICES` removed at both
     ends of the last axis.
     """
-    kernels = accel.compiled()
-    shape = tuple(int(x) for x in end.max(axis=0))
-    fast = kernels is not None and all(
-        v.dtype == np.float32 and v.shape == tuple(int(x) for x in b - a) and np.all(a >= 0)
-        for v, a, b in zip(stations, start, end)
-    )
-    # The compiled path writes every voxel itself (stations, zeros elsewhere),
-    # so the volume need not be zeroed first: one pass over its memory, not two.
-    volume = np.empty(shape) if fast else np.zeros(shape)
-    written_to = 0  # slices below this index have been written by earlier stations
-    for v, a, b in zip(stations, start, end):
+    volume = np.zeros(tuple(int(x) for x in end.max(axis=0)))
+    for v, a, b, split in zip(stations, start, end, paste_splits(start, end)):
         # Slices no earlier station reached are assigned (0 + x == x exactly),
         # the overlap with earlier stations is added, as the spec's running sum.
-        split = min(max(written_to, a[2]), b[2])
-        if fast:
-            z0, z1 = int(split), int(b[2])
-            volume[:, :, written_to : a[2]] = 0  # a gap between stations
-            volume[: a[0], :, z0:z1] = 0  # around the station in the slices it writes first
-            volume[b[0] :, :, z0:z1] = 0
-            volume[a[0] : b[0], : a[1], z0:z1] = 0
-            volume[a[0] : b[0], b[1] :, z0:z1] = 0
-            kernels.paste_into(volume, v, int(a[0]), int(a[1]), int(a[2]), int(split))
-        else:
-            rows, cols = slice(a[0], b[0]), slice(a[1], b[1])
-            volume[rows, cols, a[2] : split] += v[:, :, : split - a[2]]
-            volume[rows, cols, split : b[2]] = v[:, :, split - a[2] :]
-        written_to = max(written_to, b[2])
+        rows, cols = slice(a[0], b[0]), slice(a[1], b[1])
+        volume[rows, cols, a[2] : split] += v[:, :, : split - a[2]]
+        volume[rows, cols, split : b[2]] = v[:, :, split - a[2] :]
     return _reorient(volume)
 
 
@@ -521,17 +515,13 @@ def place_stations(stations: StationSet) -> PlacedStations | None:
     shapes = np.array(water[1], dtype=np.int64).reshape(-1, 3)
     counts = np.prod(shapes, axis=1)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    splits, written_to = [], 0
-    for a, b in zip(plan.start, plan.end):
-        splits.append(min(max(written_to, int(a[2])), int(b[2])))
-        written_to = max(written_to, int(b[2]))
     return PlacedStations(
         water=water[0],
         fat=fat[0],
         offsets=offsets,
         shapes=shapes,
         starts=np.ascontiguousarray(plan.start, dtype=np.int64),
-        splits=np.array(splits, dtype=np.int64),
+        splits=paste_splits(plan.start, plan.end),
         shape=tuple(int(x) for x in plan.end.max(axis=0)),
         warnings=list(stations.warnings) + warnings,
     )

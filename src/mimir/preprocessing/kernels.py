@@ -67,15 +67,6 @@ def resample_into(voxels: np.ndarray, a0: np.ndarray, a1: np.ndarray, wa0: np.nd
                      *(_i64(c) for c in (c0, c1)), *(_f64(w) for w in (wc0, wc1)), int(z_from), out)
 
 
-def paste_into(volume: np.ndarray, station: np.ndarray, r0: int, c0: int, z0: int, split: int) -> None:
-    """Place one float32 station into the float64 ``volume`` at (r0, c0, z0).
-
-    Slices below ``split`` (absolute) are added to what earlier stations
-    wrote there; from ``split`` on they are assigned, as ``fusion.paste``.
-    """
-    _c.paste_into(volume, np.ascontiguousarray(station, dtype=np.float32), int(r0), int(c0), int(z0), int(split))
-
-
 def paste_all(volume: np.ndarray, buf: np.ndarray, offsets: np.ndarray, shapes: np.ndarray,
               starts: np.ndarray, splits: np.ndarray) -> None:
     """Every station into the float64 ``volume`` in one sweep over it; ``fusion.paste``'s values.

@@ -72,10 +72,13 @@ def fat_fraction_slice_indices(mask: np.ndarray) -> tuple[int, int]:
     slice along axis 0 at half the mass of the first half of axis 0 (a
     quarter of the body from the side, through the liver).
     """
-    counts_ap = mask.sum(axis=(0, 2))
-    counts_lr = mask.sum(axis=(1, 2))
+    return slice_indices_from_counts(mask.sum(axis=(0, 2)), mask.sum(axis=(1, 2)))
+
+
+def slice_indices_from_counts(counts_ap: np.ndarray, counts_lr: np.ndarray) -> tuple[int, int]:
+    """:func:`fat_fraction_slice_indices` from the mask voxels per AP slice and per LR slice."""
     mass = int(counts_ap.sum())
-    mass_half = int(counts_lr[: mask.shape[0] // 2].sum())
+    mass_half = int(counts_lr[: len(counts_lr) // 2].sum())
     return mass_slice_index(counts_ap, mass / 2), mass_slice_index(counts_lr, mass_half / 2)
 
 
@@ -178,33 +181,47 @@ def _make_image_compiled(water: np.ndarray, fat: np.ndarray) -> np.ndarray | Non
     f = np.swapaxes(fat, 0, 1)
     if flip:
         w, f = w[:, :, ::-1], f[:, :, ::-1]
-    cor_w = np.zeros((n_lr, n_hf))
-    cor_f = np.zeros((n_lr, n_hf))
-    sag_w = np.zeros((keep, n_hf))
-    sag_f = np.zeros((keep, n_hf))
-    lows = np.empty(n_ap)
-    highs = np.empty(n_ap)
-    hist = np.zeros((n_ap, 256), dtype=np.int64)
-    if not kernels.projection_pass(w, f, keep, cor_w, cor_f, sag_w, sag_f, lows, highs, hist):
+    sums = _PassArrays(n_ap, n_lr, n_hf, keep)
+    if not kernels.projection_pass(w, f, keep, *sums.outputs):
         return None
-    threshold = float(np.mean(otsu_thresholds_from_histograms(hist, lows, highs)))
-    counts_ap = np.zeros(keep, dtype=np.int64)
-    counts_lr = np.zeros(n_lr, dtype=np.int64)
-    kernels.mask_counts(w, f, keep, threshold, counts_ap, counts_lr)
+    kernels.mask_counts(w, f, keep, sums.threshold(), sums.counts_ap, sums.counts_lr)
+    cor_w, cor_f, sag_w, sag_f = sums.cor_w, sums.cor_f, sums.sag_w, sums.sag_f
     if flip:
         cor_w, cor_f, sag_w, sag_f = (a[:, ::-1] for a in (cor_w, cor_f, sag_w, sag_f))
-    i_cor, i_sag = _slice_indices(counts_ap, counts_lr)
+    i_cor, i_sag = sums.slice_indices()
     return _image_from_sums(
         cor_w, cor_f, sag_w, sag_f,
         (water[:, i_cor, :], fat[:, i_cor, :]), (water[i_sag, :keep, :], fat[i_sag, :keep, :]),
     )
 
 
-def _slice_indices(counts_ap: np.ndarray, counts_lr: np.ndarray) -> tuple[int, int]:
-    """:func:`fat_fraction_slice_indices` from the mask counts per AP slice (bed cut) and per LR slice."""
-    mass = int(counts_ap.sum())
-    mass_half = int(counts_lr[: len(counts_lr) // 2].sum())
-    return mass_slice_index(counts_ap, mass / 2), mass_slice_index(counts_lr, mass_half / 2)
+class _PassArrays:
+    """What the compiled projection and mask passes fill, for an (AP, LR, HF) volume with ``keep`` AP slices above the bed.
+
+    ``outputs``: the coronal sums (LR, HF), the sagittal sums (keep, HF),
+    the per-slice signal minimum and maximum (AP,) and 256-bin histograms
+    (AP, 256); ``counts_ap`` (keep,) and ``counts_lr`` (LR,): body-mask voxels.
+    """
+
+    def __init__(self, n_ap: int, n_lr: int, n_hf: int, keep: int) -> None:
+        self.cor_w, self.cor_f = np.zeros((n_lr, n_hf)), np.zeros((n_lr, n_hf))
+        self.sag_w, self.sag_f = np.zeros((keep, n_hf)), np.zeros((keep, n_hf))
+        self.lows, self.highs = np.empty(n_ap), np.empty(n_ap)
+        self.hist = np.zeros((n_ap, 256), dtype=np.int64)
+        self.counts_ap = np.zeros(keep, dtype=np.int64)
+        self.counts_lr = np.zeros(n_lr, dtype=np.int64)
+
+    @property
+    def outputs(self) -> tuple[np.ndarray, ...]:
+        return self.cor_w, self.cor_f, self.sag_w, self.sag_f, self.lows, self.highs, self.hist
+
+    def threshold(self) -> float:
+        """The body-mask threshold: the mean of the per-slice Otsu thresholds."""
+        return float(np.mean(otsu_thresholds_from_histograms(self.hist, self.lows, self.highs)))
+
+    def slice_indices(self) -> tuple[int, int]:
+        """:func:`fat_fraction_slice_indices` from the mask counts."""
+        return slice_indices_from_counts(self.counts_ap, self.counts_lr)
 
 
 def _image_from_sums(
@@ -245,22 +262,16 @@ def make_image_from_placed(placed: PlacedStations) -> np.ndarray:
         volumes = placed.volumes()
         return make_image(volumes.water, volumes.fat)
     geometry = (*placed.placement, n_ap, n_lr, n_slices, TRIM_SLICES)
-    cor_w, cor_f = np.zeros((n_lr, n_hf)), np.zeros((n_lr, n_hf))
-    sag_w, sag_f = np.zeros((keep, n_hf)), np.zeros((keep, n_hf))
-    lows, highs = np.empty(n_ap), np.empty(n_ap)
-    hist = np.zeros((n_ap, 256), dtype=np.int64)
-    if not kernels.placed_projection_pass(
-        placed.water, placed.fat, *geometry, keep, cor_w, cor_f, sag_w, sag_f, lows, highs, hist
-    ):
+    sums = _PassArrays(n_ap, n_lr, n_hf, keep)
+    if not kernels.placed_projection_pass(placed.water, placed.fat, *geometry, keep, *sums.outputs):
         volumes = placed.volumes()  # a value that is not finite: the NumPy path says which
         return make_image(volumes.water, volumes.fat)
-    threshold = float(np.mean(otsu_thresholds_from_histograms(hist, lows, highs)))
-    counts_ap = np.zeros(keep, dtype=np.int64)
-    counts_lr = np.zeros(n_lr, dtype=np.int64)
-    kernels.placed_mask_counts(placed.water, placed.fat, *geometry, keep, threshold, counts_ap, counts_lr)
+    kernels.placed_mask_counts(
+        placed.water, placed.fat, *geometry, keep, sums.threshold(), sums.counts_ap, sums.counts_lr
+    )
     # The sums run along the slices in memory order, from the feet: flip them to the head-at-the-end order.
-    cor_w, cor_f, sag_w, sag_f = (a[:, ::-1] for a in (cor_w, cor_f, sag_w, sag_f))
-    i_cor, i_sag = _slice_indices(counts_ap, counts_lr)
+    cor_w, cor_f, sag_w, sag_f = (a[:, ::-1] for a in (sums.cor_w, sums.cor_f, sums.sag_w, sums.sag_f))
+    i_cor, i_sag = sums.slice_indices()
 
     def lines(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = []
