@@ -267,8 +267,13 @@ def test_kernels_refuse_arguments_that_would_index_out_of_bounds():
     with pytest.raises(ValueError, match="the stations end at slice 5, the volume at 6"):
         kernels.paste_all(volume, np.ones(120, np.float32), np.array([0]), np.array([[4, 5, 5]]),
                           np.array([[0, 0, 0]]), np.array([0]))
-    with pytest.raises(ValueError, match="shapes do not agree"):
+    with pytest.raises(ValueError, match="water and fat volumes of different shapes"):
         kernels.mask_counts(volume, volume[:3], 2, 1.0, np.zeros(2, np.int64), np.zeros(5, np.int64))
+    with pytest.raises(ValueError, match="mask_counts: the arrays' shapes do not agree"):
+        kernels.mask_counts(volume, volume, 2, 1.0, np.zeros(1, np.int64), np.zeros(5, np.int64))
+    with pytest.raises(ValueError, match="projection pass: the arrays' shapes do not agree"):
+        kernels.projection_pass(volume, volume, 2, *(np.zeros((5, 6)),) * 2, *(np.zeros((2, 6)),) * 2,
+                                np.empty(4), np.empty(4), np.zeros((3, 256), np.int64))
     with pytest.raises(ValueError, match="slice 1 is not a float32"):
         kernels.stack_slices([np.ones((2, 2), np.float32), np.ones((2, 3), np.float32)])
 

@@ -491,6 +491,23 @@ static PyObject *linspace_edges(PyObject *self, PyObject *args)
 
 /* ------------------------------------------------------------------ projection pass */
 
+/* Take the water and fat volumes (AP, LR, HF) float64, any strides, and check they have one shape. */
+static int take_volume_pair(Held *held, PyObject *o_w, PyObject *o_f, Py_buffer **w, Py_buffer **f)
+{
+    *w = take(held, o_w, "water", F64, 3, 0, 0);
+    if (!*w) return 0;
+    *f = take(held, o_f, "fat", F64, 3, 0, 0);
+    if (!*f) return 0;
+    for (int d = 0; d < 3; d++) {
+        if (SHAPE(*w, d) != SHAPE(*f, d)) {
+            PyErr_SetString(PyExc_ValueError, "water and fat volumes of different shapes");
+            return 0;
+        }
+    }
+    return 1;
+}
+
+
 /* Sums, signal range and histogram of one AP slice, accumulated line by line. */
 typedef struct {
     Py_ssize_t n_lr, n_hf, keep, nbins;
@@ -664,15 +681,11 @@ static PyObject *projection_pass(PyObject *self, PyObject *args)
     }
     Held held = {.n = 0};
     SliceSums t = {0};
-    Py_buffer *w = take(&held, o_w, "water", F64, 3, 0, 0);
-    if (!w) return fail(&held);
-    Py_buffer *f = take(&held, o_f, "fat", F64, 3, 0, 0);
-    if (!f) return fail(&held);
-    Py_ssize_t n_ap = SHAPE(w, 0), n_lr = SHAPE(w, 1), n_hf = SHAPE(w, 2);
-    if (SHAPE(f, 0) != n_ap || SHAPE(f, 1) != n_lr || SHAPE(f, 2) != n_hf) {
-        PyErr_SetString(PyExc_ValueError, "projection pass: the arrays' shapes do not agree");
+    Py_buffer *w, *f;
+    if (!take_volume_pair(&held, o_w, o_f, &w, &f)) {
         return fail(&held);
     }
+    Py_ssize_t n_ap = SHAPE(w, 0), n_lr = SHAPE(w, 1), n_hf = SHAPE(w, 2);
     if (!take_sums(&held, o, n_ap, n_lr, n_hf, keep, &t)) {
         return fail(&held);
     }
@@ -794,15 +807,11 @@ static PyObject *mask_counts(PyObject *self, PyObject *args)
     }
     Held held = {.n = 0};
     int64_t *counts_ap, *counts_lr;
-    Py_buffer *w = take(&held, o_w, "water", F64, 3, 0, 0);
-    if (!w) return fail(&held);
-    Py_buffer *f = take(&held, o_f, "fat", F64, 3, 0, 0);
-    if (!f) return fail(&held);
-    Py_ssize_t n_ap = SHAPE(w, 0), n_lr = SHAPE(w, 1), n_hf = SHAPE(w, 2);
-    if (SHAPE(f, 0) != n_ap || SHAPE(f, 1) != n_lr || SHAPE(f, 2) != n_hf) {
-        PyErr_SetString(PyExc_ValueError, "mask_counts: the arrays' shapes do not agree");
+    Py_buffer *w, *f;
+    if (!take_volume_pair(&held, o_w, o_f, &w, &f)) {
         return fail(&held);
     }
+    Py_ssize_t n_ap = SHAPE(w, 0), n_lr = SHAPE(w, 1), n_hf = SHAPE(w, 2);
     if (!take_counts(&held, o_ap, o_lr, n_ap, n_lr, keep, &counts_ap, &counts_lr)) {
         return fail(&held);
     }
