@@ -587,3 +587,36 @@ def test_an_encrypted_member_is_one_clear_line(tmp_path):
     assert "decrypt it or download it again" in message
     with pytest.raises(InputError, match="is encrypted"):
         preprocess(path, cache=False)
+
+
+def test_deflated_dicom_that_only_pydicom_would_parse_is_refused(subject, tmp_path, monkeypatch):
+    """The deflated bomb above without its preamble: the fast path cannot read its file meta, and pydicom
+    (which would inflate it with no bound) is not given it: one line, no gigabytes."""
+    import zlib
+
+    from mimir.synth.encodings import deflated
+
+    target = _first_water(subject)
+
+    def edit(name, data):
+        if name != target:
+            return data
+        good = deflated(data)
+        at = good.index(b"1.2.840.10008.1.2.1.99") + 22
+        at += (len(good[:at]) % 2)
+        body = zlib.compressobj(9, zlib.DEFLATED, -15)
+        return good[132:at] + body.compress(bytes(64 * MiB)) + body.flush()  # no preamble, no "DICM"
+
+    bad = rewrite_zip(subject, tmp_path / "defl.zip", edit)
+    import pydicom
+
+    inflated = []
+    real = zlib.decompress
+    monkeypatch.setattr(zlib, "decompress", lambda *a, **k: inflated.append(1) or real(*a, **k))
+    with pytest.raises(InputError) as err:
+        reader.read_signal_slices(bad)
+    assert not inflated  # pydicom never got to inflate it
+    text = str(err.value)
+    assert text.count("\n") == 0
+    assert f"member '{target}' is a deflated DICOM file whose header cannot be read" in text
+    assert pydicom  # imported: the guard, not a missing pydicom, stopped it

@@ -56,6 +56,8 @@ _PEEK_BYTES = 4096
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+#: Where a file's transfer syntax can be (the file meta, at its start), for the deflate guard.
+_META_SCAN_BYTES = 4096
 _UNCOMPRESSED_SYNTAXES = {
     "1.2.840.10008.1.2",  # implicit VR little endian
     "1.2.840.10008.1.2.1",  # explicit VR little endian
@@ -453,6 +455,13 @@ def _read_members(
             if made is not None:
                 slices.append(made)
                 continue
+        if _DEFLATED_LE.encode() in data[:_META_SCAN_BYTES]:
+            # pydicom would inflate the data set with no bound: only the fast path inflates, capped
+            raise InputError(
+                f"member {quote(info.filename, 100)} is a deflated DICOM file whose header cannot be read",
+                path,
+                "The file is malformed; ask for a fresh copy of this subject's zip.",
+            )
         import pydicom  # the general parser, for the files the fast path leaves to it
 
         try:
