@@ -618,5 +618,27 @@ def test_deflated_dicom_that_only_pydicom_would_parse_is_refused(subject, tmp_pa
     assert not inflated  # pydicom never got to inflate it
     text = str(err.value)
     assert text.count("\n") == 0
-    assert f"member '{target}' is a deflated DICOM file whose header cannot be read" in text
+    assert f"member '{target}' is a deflated DICOM file that cannot be read (its header is malformed" in text
     assert pydicom  # imported: the guard, not a missing pydicom, stopped it
+
+
+def test_damaged_deflated_data_set_is_one_line_not_a_lost_slice(subject, tmp_path):
+    """A deflated slice whose compressed data set is garbage: refused with the member named (it was
+    silently dropped as "not DICOM", leaving its station a slice short)."""
+    from mimir.synth.encodings import deflated
+
+    target = _first_water(subject)
+
+    def edit(name, data):
+        if name != target:
+            return data
+        good = deflated(data)
+        at = good.index(b"1.2.840.10008.1.2.1.99") + 22
+        at += (len(good[:at]) % 2)
+        return good[:at] + b"\xff" * 4000  # not a deflate stream
+
+    bad = rewrite_zip(subject, tmp_path / "damaged.zip", edit)
+    with pytest.raises(InputError) as err:
+        reader.read_signal_slices(bad)
+    assert str(err.value).count("\n") == 0
+    assert f"member '{target}' is a deflated DICOM file that cannot be read" in str(err.value)

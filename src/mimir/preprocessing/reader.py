@@ -458,7 +458,8 @@ def _read_members(
         if _DEFLATED_LE.encode() in data[:_META_SCAN_BYTES]:
             # pydicom would inflate the data set with no bound: only the fast path inflates, capped
             raise InputError(
-                f"member {quote(info.filename, 100)} is a deflated DICOM file whose header cannot be read",
+                f"member {quote(info.filename, 100)} is a deflated DICOM file that cannot be read "
+                "(its header is malformed or its data damaged)",
                 path,
                 "The file is malformed; ask for a fresh copy of this subject's zip.",
             )
@@ -873,10 +874,10 @@ def _skip_item(data: bytes, pos: int, explicit: bool, depth: int) -> int | None:
 def _inflate(raw: bytes) -> bytes:
     """Inflate a deflated data set (raw deflate), refusing more than the member cap."""
     cap = MAX_MEMBER_BYTES.value()
-    inflater = zlib.decompressobj(-15)
+    inflater = _zlib.decompressobj(-15)  # isal where installed: the same bytes as zlib, faster
     try:
         out = inflater.decompress(raw, cap + 1)
-    except zlib.error:
+    except _INFLATE_ERRORS:
         return b""
     if len(out) > cap:
         raise LimitError(
