@@ -277,11 +277,19 @@ def test_total_cap_counts_inflated_bytes(tmp_path, monkeypatch):
         reader.read_signal_slices(path)
 
 
+def _deflated_header(data: bytes) -> bytes:
+    """The preamble and file meta of ``data`` re-encoded as Deflated Explicit VR LE: what precedes the
+    deflated data set (after the padded transfer syntax UID), for tests to append their own stream."""
+    from mimir.synth.encodings import deflated
+
+    good = deflated(data)
+    at = good.index(b"1.2.840.10008.1.2.1.99") + 22
+    return good[: at + at % 2]
+
+
 def test_deflated_dicom_bomb_is_refused(subject, tmp_path, monkeypatch):
     """A member in Deflated Explicit VR LE whose data set inflates past the member cap."""
     import zlib
-
-    from mimir.synth.encodings import deflated
 
     target = _first_water(subject)
     monkeypatch.setenv("MIMIR_MAX_MEMBER_BYTES", str(MiB))
@@ -289,12 +297,9 @@ def test_deflated_dicom_bomb_is_refused(subject, tmp_path, monkeypatch):
     def edit(name, data):
         if name != target:
             return data
-        good = deflated(data)
-        at = good.index(b"1.2.840.10008.1.2.1.99") + 22
-        at += (len(good[:at]) % 2)  # past the (padded) UID value: the deflated data set starts here
         body = zlib.compressobj(9, zlib.DEFLATED, -15)
         bomb = body.compress(bytes(8 * MiB)) + body.flush()
-        return good[:at] + bomb
+        return _deflated_header(data) + bomb
 
     bad = rewrite_zip(subject, tmp_path / "defl.zip", edit)
     with pytest.raises(LimitError) as err:
@@ -594,18 +599,13 @@ def test_deflated_dicom_that_only_pydicom_would_parse_is_refused(subject, tmp_pa
     (which would inflate it with no bound) is not given it: one line, no gigabytes."""
     import zlib
 
-    from mimir.synth.encodings import deflated
-
     target = _first_water(subject)
 
     def edit(name, data):
         if name != target:
             return data
-        good = deflated(data)
-        at = good.index(b"1.2.840.10008.1.2.1.99") + 22
-        at += (len(good[:at]) % 2)
         body = zlib.compressobj(9, zlib.DEFLATED, -15)
-        return good[132:at] + body.compress(bytes(64 * MiB)) + body.flush()  # no preamble, no "DICM"
+        return _deflated_header(data)[132:] + body.compress(bytes(64 * MiB)) + body.flush()  # no preamble
 
     bad = rewrite_zip(subject, tmp_path / "defl.zip", edit)
     import pydicom
@@ -625,17 +625,12 @@ def test_deflated_dicom_that_only_pydicom_would_parse_is_refused(subject, tmp_pa
 def test_damaged_deflated_data_set_is_one_line_not_a_lost_slice(subject, tmp_path):
     """A deflated slice whose compressed data set is garbage: refused with the member named (it was
     silently dropped as "not DICOM", leaving its station a slice short)."""
-    from mimir.synth.encodings import deflated
-
     target = _first_water(subject)
 
     def edit(name, data):
         if name != target:
             return data
-        good = deflated(data)
-        at = good.index(b"1.2.840.10008.1.2.1.99") + 22
-        at += (len(good[:at]) % 2)
-        return good[:at] + b"\xff" * 4000  # not a deflate stream
+        return _deflated_header(data) + b"\xff" * 4000  # not a deflate stream
 
     bad = rewrite_zip(subject, tmp_path / "damaged.zip", edit)
     with pytest.raises(InputError) as err:
