@@ -18,6 +18,7 @@ measures the plain NumPy path instead of the compiled C kernels (see
 
     python benchmarks/preprocess.py --n 3 --dir /tmp/bench-subjects
     python benchmarks/preprocess.py --n 3 --stages
+    python benchmarks/preprocess.py --n 1 --first-prediction   # + time to the first prediction (needs torch)
 """
 
 from __future__ import annotations
@@ -40,6 +41,53 @@ from mimir.preprocessing.pipeline import preprocess
 preprocess({path!r}, cache=False)
 print(time.perf_counter() - t0)
 """
+
+
+_FIRST = """
+import time
+t0 = time.perf_counter()
+import mimir.cli
+t1 = time.perf_counter()
+import torch
+t2 = time.perf_counter()
+from mimir.inference.predictor import Predictor
+predictor = Predictor(["phantom-demo"], device="cpu")
+t3 = time.perf_counter()
+from mimir.preprocessing.pipeline import preprocess
+image = preprocess({path!r}, cache=False)
+t4 = time.perf_counter()
+predictor.predict_arrays(image[None])
+t5 = time.perf_counter()
+print(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+"""
+
+
+def _first_prediction(path: str, repeats: int) -> None:
+    """Time to the first prediction: ``mimir predict ZIP -m phantom-demo --no-cache`` in a fresh process
+    (interpreter start to exit, CPU on the machine's cores), and the same steps timed in a fresh interpreter."""
+    env = _subprocess_env()
+    best_cpu = best_wall = float("inf")
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "mimir", "predict", path, "-m", "phantom-demo", "--no-cache"],
+                       check=True, env=env, capture_output=True)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        best_cpu = min(best_cpu, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+        best_wall = min(best_wall, wall)
+    steps = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", _FIRST.format(path=path)], check=True, env=env,
+                             capture_output=True, text=True)
+        steps.append([float(x) for x in out.stdout.split()])
+    names = ("import the CLI", "import torch", "load the module (4 members)", "preprocess the subject",
+             "forward pass")
+    print(f"\ntime to first prediction: mimir predict ZIP -m phantom-demo --no-cache, fresh process, min of {repeats}:")
+    print(f"  wall {best_wall:.2f} s   cpu {best_cpu:.2f} s")
+    print("  its steps in a fresh interpreter (wall s, min):")
+    for i, name in enumerate(names):
+        print(f"    {name:<30} {min(row[i] for row in steps):6.3f}")
 
 
 def _pin_one_core() -> None:
@@ -167,6 +215,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="warm passes per subject (minimum kept)")
     parser.add_argument("--cold-repeats", type=int, default=3, help="fresh processes for the cold figure")
     parser.add_argument("--stages", action="store_true", help="also print CPU time per step")
+    parser.add_argument("--first-prediction", action="store_true",
+                        help="also time mimir predict on the first subject in a fresh process (phantom-demo, CPU)")
     args = parser.parse_args()
 
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="mimir-bench-"))
@@ -209,6 +259,8 @@ def main() -> int:
         ccpu, cwall = _cold(paths[0], args.cold_repeats)
         print(f"\ncold first subject in a fresh process (interpreter start to image), min of {args.cold_repeats}:")
         print(f"  cpu {ccpu:.3f} s   wall {cwall:.3f} s   (read + decode of that subject, warm: cpu {warm[0][2]:.3f} s)")
+    if args.first_prediction:
+        _first_prediction(paths[0], max(1, args.cold_repeats))
     return 0
 
 

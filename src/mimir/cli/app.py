@@ -250,4 +250,13 @@ def _root(
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="mimir")
+    try:
+        app(prog_name="mimir")
+    finally:
+        # The command is done and its files are closed. With torch imported, the interpreter's last
+        # garbage collections at exit walk every object torch created: 0.4-0.7 s per command, measured.
+        # Frozen objects are skipped by them; atexit handlers, buffered output and refcounted objects
+        # are finalized as usual.
+        import gc
+
+        gc.freeze()
