@@ -255,3 +255,8 @@ def handmade_zip(path: Path, members: list[RawMember]) -> Path:
 def write_json(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj), encoding="utf-8")
     return path
+
+
+def die_in_child(*_args: object) -> None:
+    """A child-process target that dies at once without a word (as one killed for memory would)."""
+    os._exit(3)

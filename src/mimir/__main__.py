@@ -2,4 +2,5 @@
 
 from mimir.cli import main
 
-main()
+if __name__ == "__main__":  # a spawned child process imports this module again and must not rerun the CLI
+    main()

@@ -124,29 +124,17 @@ def predict_cmd(
     if not files:
         report_error(f"none of the {total} input(s) could be predicted; nothing written")
         raise typer.Exit(EXIT_ERROR)
-    predictor = Predictor(
-        module or None, device=device, gpu=gpus[0] if gpus else None, precision=precision, batch_size=batch_size,
-        level=ci,
-    )
-    failed = len(refused)
+    from mimir.preprocessing.prefetch import first_input_prefetched
 
-    def on_error(rec) -> None:  # noqa: ANN001
-        nonlocal failed
-        failed += 1
-        report_error(rec.error or f"{rec.source}: failed")
-
-    if len(files) > 1 and err_console.is_terminal:
-        from rich.progress import Progress
-
-        with Progress(console=err_console, transient=True) as bar:
-            task = bar.add_task("predicting", total=len(files))
-            results = predictor.predict_files(
-                files, cache=not no_cache, on_error=on_error, on_progress=lambda n: bar.advance(task, n)
-            )
-    else:
-        results = predictor.predict_files(files, cache=not no_cache, on_error=on_error)
-
+    with first_input_prefetched(files, cache=not no_cache) as load:  # the first zip is read while torch loads
+        predictor = Predictor(
+            module or None, device=device, gpu=gpus[0] if gpus else None, precision=precision,
+            batch_size=batch_size, level=ci,
+        )
+        results = _predict(predictor, files, cache=not no_cache, load=load)
     ok = [r for r in results if r.ok]
+    failed = len(refused) + len(results) - len(ok)
+
     if not ok:
         report_error(f"none of the {total} input(s) could be predicted; nothing written")
         raise typer.Exit(EXIT_ERROR)
@@ -171,3 +159,20 @@ def predict_cmd(
     if failed:
         say(f"{failed} of {total} input(s) failed (see above)", stderr=True)
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _predict(predictor, files: list[str], *, cache: bool, load) -> list:  # noqa: ANN001
+    """Every file's result, each failure reported in one line as it happens; a progress bar for several."""
+
+    def on_error(rec) -> None:  # noqa: ANN001
+        report_error(rec.error or f"{rec.source}: failed")
+
+    if len(files) > 1 and err_console.is_terminal:
+        from rich.progress import Progress
+
+        with Progress(console=err_console, transient=True) as bar:
+            task = bar.add_task("predicting", total=len(files))
+            return predictor.predict_files(
+                files, cache=cache, on_error=on_error, on_progress=lambda n: bar.advance(task, n), load=load
+            )
+    return predictor.predict_files(files, cache=cache, on_error=on_error, load=load)

@@ -43,6 +43,8 @@ from mimir.models.modules import ModuleSpec, load_networks
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from mimir.preprocessing.qc import QCRecord
+
 IMAGE_SHAPE = (3, 256, 256)
 DEFAULT_BATCH = 16
 
@@ -350,17 +352,23 @@ class Predictor:
         cache: bool = True,
         on_error: Callable[[SubjectResult], None] | None = None,
         on_progress: Callable[[int], None] | None = None,
+        load: Callable[[str], tuple[np.ndarray, QCRecord | None]] | None = None,
     ) -> list[SubjectResult]:
         """Results for input files (subject zips or ``.npy`` images), in input order.
 
         Each image is decoded once and fed to every module. A file that cannot
         be read gets a record with ``error`` set (and ``on_error`` is called);
         the others are predicted. ``on_progress(n)`` is called after each
-        batch with the number of files done in it.
+        batch with the number of files done in it. ``load(path)`` makes an
+        input's image and QC record (default:
+        :func:`~mimir.preprocessing.pipeline.load_input_with_qc` with ``cache``;
+        see :func:`~mimir.preprocessing.prefetch.first_input_prefetched`).
         """
-        from mimir.preprocessing.pipeline import (
-            load_input_with_qc,  # pydicom is imported only when files are read
-        )
+        if load is None:
+            from mimir.preprocessing.pipeline import load_input_with_qc
+
+            def load(path: str) -> tuple[np.ndarray, QCRecord | None]:
+                return load_input_with_qc(path, cache=cache)
 
         records = [SubjectResult.for_input(p) for p in paths]
         for start in range(0, len(records), self.batch_size):
@@ -368,7 +376,7 @@ class Predictor:
             images, good = [], []
             for rec in chunk:
                 try:
-                    image, qc = load_input_with_qc(rec.source, cache=cache)
+                    image, qc = load(rec.source)
                     images.append(image)
                     good.append(rec)
                     if qc is not None:
