@@ -2,5 +2,5 @@
 
 from mimir.cli import main
 
-if __name__ == "__main__":  # a spawned child process imports this module again and must not rerun the CLI
+if __name__ == "__main__":  # `python -m mimir`; importing this module runs nothing
     main()

@@ -88,3 +88,22 @@ def test_leaving_early_stops_the_second_process(swapped, monkeypatch):
         with prefetch.first_input_prefetched([str(swapped)], cache=False):
             raise RuntimeError("module failed to load")  # before the image was wanted
     assert not [p for p in multiprocessing.active_children() if p.name == "mimir-prefetch"]
+
+
+def test_an_unguarded_script_calling_the_cli_is_not_run_twice(swapped, tmp_path):
+    """A spawned child re-imports the main script; one that calls the CLI at its top level without
+    ``if __name__ == "__main__":`` would predict again there. The prefetch is skipped for it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "from mimir.cli import main\n"
+        f"sys.argv = ['mimir', 'predict', {str(swapped)!r}, '-m', 'phantom-demo', '--no-cache']\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("liver_fat_percent") == 1  # one table: the script ran once
+    assert prefetch._spawn_is_safe()  # pytest's own main is guarded

@@ -27,7 +27,9 @@ from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
+from mimir.errors import UsageError
 from mimir.preprocessing.pipeline import load_input_with_qc
+from mimir.utils.processes import require_main_guard
 
 if TYPE_CHECKING:
     import numpy as np
@@ -75,6 +77,15 @@ def _child_main(path: str, cache: bool, conn: Connection) -> None:
     conn.close()
 
 
+def _spawn_is_safe() -> bool:
+    """False when a ``spawn`` child would re-run the caller's main script (called at its top level, unguarded)."""
+    try:
+        require_main_guard("mimir predict")
+    except UsageError:
+        return False
+    return True
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -95,7 +106,8 @@ def first_input_prefetched(paths: Sequence[str | os.PathLike[str]], *, cache: bo
 
     Only the first zip is prefetched (the rest, and ``.npy`` images, are
     loaded by the caller as usual), and only where the process may use more
-    than one core. Leaving the block stops the second process if it is
+    than one core and the child would not re-run the caller's script (a
+    call at a script's top level without ``if __name__ == "__main__":``). Leaving the block stops the second process if it is
     still running (an error before its image was wanted).
     """
 
@@ -103,7 +115,7 @@ def first_input_prefetched(paths: Sequence[str | os.PathLike[str]], *, cache: bo
         return load_input_with_qc(path, cache=cache)
 
     first = next((str(p) for p in paths if not str(p).lower().endswith(".npy")), None)
-    if first is None or _cores() < 2:
+    if first is None or _cores() < 2 or not _spawn_is_safe():
         yield here
         return
     ctx = multiprocessing.get_context("spawn")
