@@ -107,3 +107,16 @@ def test_an_unguarded_script_calling_the_cli_is_not_run_twice(swapped, tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("liver_fat_percent") == 1  # one table: the script ran once
     assert prefetch._spawn_is_safe()  # pytest's own main is guarded
+
+
+def test_no_second_process_possible_means_reading_it_here(swapped, monkeypatch):
+    monkeypatch.setattr(prefetch, "_cores", lambda: 2)
+
+    class NoProcesses:
+        def Pipe(self, duplex=True):  # noqa: N802 - multiprocessing's name
+            raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(prefetch.multiprocessing, "get_context", lambda method=None: NoProcesses())
+    with prefetch.first_input_prefetched([str(swapped)], cache=False) as load:
+        image, qc = load(str(swapped))
+    assert image.shape == (3, 256, 256) and qc is not None

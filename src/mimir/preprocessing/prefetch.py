@@ -123,7 +123,7 @@ def first_input_prefetched(paths: Sequence[str | os.PathLike[str]], *, cache: bo
         receive, send = ctx.Pipe(duplex=False)
         child = ctx.Process(target=_child_main, args=(first, cache, send), daemon=True, name="mimir-prefetch")
         child.start()
-    except (OSError, RuntimeError, ValueError):  # no processes here (a sandbox, a resource limit)
+    except (OSError, RuntimeError, ValueError, AssertionError):  # no processes here (a sandbox, a limit, a daemon)
         yield here
         return
     send.close()  # the child holds the only sending end: if it dies, recv() ends with EOFError
