@@ -107,13 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT / ".scratch" / "ood"))
     ap.add_argument("--module", default=str(ROOT / "src" / "mimir" / "data" / "modules" / "phantom-demo"))
-    ap.add_argument("--quantile", type=float, default=0.99)
+    ap.add_argument("--quantile", type=float, default=None, help="flag-line quantile (default: mimir's, 0.995)")
     ap.add_argument("--write-module", action="store_true", help="store the fitted reference in the module")
     ap.add_argument("--use-module", action="store_true", help="score with the module's stored reference")
     ap.add_argument("--markdown", default=None, help="also write the table as markdown to this file")
     args = ap.parse_args(argv)
 
     import torch
+
+    from mimir.models.ood import DEFAULT_QUANTILE
+
+    args.quantile = DEFAULT_QUANTILE if args.quantile is None else args.quantile
 
     from mimir.inference.predictor import Predictor
     from mimir.models.modules import read_module, set_reference

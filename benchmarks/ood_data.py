@@ -10,8 +10,8 @@ zip), so no 50 MB zips are written. Sets and seeds:
 set              seeds              what
 ===============  =================  ==================================================================
 ``reference``    10000-10249        in-distribution; a subset of the demo module's training seeds
-``calibration``  600000-600149      in-distribution, unseen: the flag threshold is chosen on these
-``test``         610000-610199      in-distribution, unseen: the false-positive rate is measured here
+``calibration``  600000-601199      in-distribution, unseen: the flag threshold is chosen on these
+``test``         610000-610599      in-distribution, unseen: the false-positive rate is measured here
 ``phantom2``     700000-...         a second, independently written body phantom (ood_phantom.py)
 ``extreme``      710000-...         mimir synth bodies with parameters far outside the training ranges (a seed whose body leaves the generator's grid is skipped)
 ``intensity``    720000-...         mimir synth bodies with strong coil shading, noise, water/fat gain
@@ -19,13 +19,11 @@ set              seeds              what
 ``nonbody``      740000-...         images that are no body at all (noise, shapes, gradients, ...)
 ===============  =================  ==================================================================
 
-The table in the README and docs/ood.md was made from the subsets generated
-in the time available (two processes per set, one from each end):
-``reference`` 10000-10139 and 10206-10249 (184), ``test`` 610000-610047 and
-610093-610199 (155); ``extreme`` skipped 4 seeds whose body left the
-generator's truth grid (56 of 60). The full default sets give a superset.
+The table in the README and docs/ood.md (2026-11-28) was made from the full
+default sets; ``extreme`` skips 4 seeds whose body leaves the generator's
+truth grid (56 of 60).
 
-Usage (resumable; run it in the background, it takes ~2 s per full-size subject)::
+Usage (resumable; run it in the background, it takes ~1 s per full-size subject and process)::
 
     nice python benchmarks/ood_data.py --out .scratch/ood --sets reference,calibration,test
     nice python benchmarks/ood_data.py --out .scratch/ood --sets phantom2,extreme,intensity,small,nonbody
@@ -52,8 +50,8 @@ TARGETS = ("weight_kg", "height_cm", "vat_volume_l", "asat_volume_l", "liver_fat
 #: set name -> (first seed, default count)
 SETS: dict[str, tuple[int, int]] = {
     "reference": (10_000, 250),
-    "calibration": (600_000, 150),
-    "test": (610_000, 200),
+    "calibration": (600_000, 1200),
+    "test": (610_000, 600),
     "phantom2": (700_000, 60),
     "extreme": (710_000, 60),
     "intensity": (720_000, 60),

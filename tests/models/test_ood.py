@@ -182,7 +182,7 @@ def test_reference_round_trips_through_module_json_with_its_hash(tmp_path: Path)
     entry = data["ood_reference"]
     assert entry["file"] == "ood_reference.safetensors"
     assert entry["sha256"] == file_sha256(tmp_path / "m" / entry["file"])
-    assert entry["threshold"] == ref.threshold and entry["quantile"] == 0.99
+    assert entry["threshold"] == ref.threshold and entry["quantile"] == 0.995  # the default flag line
     assert entry["fitted"] == {"fit_images": 60}
     assert data["targets"][0]["support"] == [0.0, 100.0]
     back = read_module(tmp_path / "m")

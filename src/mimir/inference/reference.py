@@ -5,7 +5,7 @@ reference and their OOD score is empty. :func:`fit_module_reference` fits one
 on images the user supplies (subject zips or ``.npy`` images, no labels
 needed): the module's networks give each image's pooled features; the mean
 and shrunk covariance are fitted on all of them, and the flag line is the
-99th percentile of the images' scores, each taken from a reference fitted on
+99.5th percentile of the images' scores, each taken from a reference fitted on
 the other four fifths (5-fold cross-fitting, see :mod:`mimir.models.ood`).
 
 The trade-off: the reference then describes the user's data, not the

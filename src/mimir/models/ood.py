@@ -16,11 +16,12 @@ per dimension::
     raw = mean_g  (f_g - mu_g)^T P_g (f_g - mu_g) / D
 
 and the reported score is ``raw / threshold``, where ``threshold`` is the
-``quantile`` (default 0.99) of ``raw`` over held-out in-distribution images,
+``quantile`` (default 0.995) of ``raw`` over held-out in-distribution images,
 each scored by a reference that was fitted without it (cross-fitting, see
 :func:`fit_reference`). So a score of 1 is the flag
-line: about 1 % of in-distribution images score above 1, and an image scoring
-above 1 is flagged ``out_of_distribution:<module>``.
+line: about 1-2 % of in-distribution images score above 1 (the upper tail of
+``raw`` is heavy, so a finite held-out set places the line with some
+scatter), and an image scoring above 1 is flagged ``out_of_distribution:<module>``.
 
 The arrays live in ``ood_reference.safetensors`` (tensors ``mean``: (G, D)
 float32, ``precision``: (G, D, D) float32), named and hashed in
@@ -49,8 +50,10 @@ if TYPE_CHECKING:  # pragma: no cover
 REFERENCE_FILE = "ood_reference.safetensors"
 #: Method name recorded in module.json.
 METHOD = "mahalanobis-ledoit-wolf"
-#: Default calibration quantile: the flag line.
-DEFAULT_QUANTILE = 0.99
+#: Default calibration quantile: the flag line. 0.99 let 2.8-3.3 % of 600 unseen in-distribution
+#: demo images over (the tail is heavy); 0.995 lets 1.5 % over and flags every shifted set as before
+#: (docs/ood.md).
+DEFAULT_QUANTILE = 0.995
 #: Fewest images accepted for the mean/covariance and for the calibration.
 MIN_FIT = 20
 MIN_CALIBRATION = 20
