@@ -40,7 +40,7 @@ def fit_reference_cmd(
 
     The module's networks describe each image by their pooled features; all
     images fit the reference and set its flag line by 5-fold cross-fitting
-    (about 1 % of new images like these are flagged out_of_distribution:<module>). The reference
+    (about 1-2 % of new images like these are flagged out_of_distribution:<module>). The reference
     is stored in the module folder, hashed in its module.json. It describes
     YOUR data, not the module's training data: see docs/ood.md. Use a few
     thousand subjects without known problems.
