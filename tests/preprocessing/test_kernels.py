@@ -39,15 +39,16 @@ def _both(monkeypatch, fn):
     return plain, fn()
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        dict(seed=0),
-        dict(seed=1, rows=(60, 64, 64, 62), cols=56),
-        dict(seed=2, slices=(30, 12, 25, 20), dz=(3.0, 4.5, 4.5, 3.5), overlap_mm=(40.0, 9.0, 45.0)),
-        dict(seed=3, overlap_mm=(-6.0, 20.0, 30.0)),  # a gap between the first two stations
-    ],
-)
+#: Station sets that cover the layouts: plain, uneven rows, resampled slices and long overlaps, a gap.
+STATION_SETS = [
+    dict(seed=0),
+    dict(seed=1, rows=(60, 64, 64, 62), cols=56),
+    dict(seed=2, slices=(30, 12, 25, 20), dz=(3.0, 4.5, 4.5, 3.5), overlap_mm=(40.0, 9.0, 45.0)),
+    dict(seed=3, overlap_mm=(-6.0, 20.0, 30.0)),  # a gap between the first two stations
+]
+
+
+@pytest.mark.parametrize("kwargs", STATION_SETS)
 def test_fusion_and_image_are_bit_identical(monkeypatch, kwargs):
     stations = make_station_set(**kwargs)
 
@@ -61,15 +62,7 @@ def test_fusion_and_image_are_bit_identical(monkeypatch, kwargs):
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        dict(seed=4),
-        dict(seed=5, rows=(60, 64, 64, 62), cols=56),
-        dict(seed=6, slices=(30, 12, 25, 20), dz=(3.0, 4.5, 4.5, 3.5), overlap_mm=(40.0, 9.0, 45.0)),
-        dict(seed=7, overlap_mm=(-6.0, 20.0, 30.0)),  # a gap between the first two stations
-    ],
-)
+@pytest.mark.parametrize("kwargs", [{**k, "seed": k["seed"] + 4} for k in STATION_SETS])  # other voxels
 def test_image_from_placed_stations_is_bit_identical(monkeypatch, kwargs):
     from mimir.preprocessing.pipeline import image_of_stations
 
