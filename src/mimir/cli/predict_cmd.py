@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -21,6 +21,11 @@ from mimir.cli.app import (
     say,
 )
 from mimir.errors import EXIT_ERROR, EXIT_PARTIAL, UsageError
+
+if TYPE_CHECKING:
+    from mimir.inference.predictions import SubjectResult
+    from mimir.inference.predictor import Predictor
+    from mimir.preprocessing.prefetch import Loader
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -161,7 +166,7 @@ def predict_cmd(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _predict(predictor, files: list[str], *, cache: bool, load) -> list:  # noqa: ANN001
+def _predict(predictor: Predictor, files: list[str], *, cache: bool, load: Loader) -> list[SubjectResult]:
     """Every file's result, each failure reported in one line as it happens; a progress bar for several."""
 
     def on_error(rec) -> None:  # noqa: ANN001

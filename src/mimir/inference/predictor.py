@@ -43,6 +43,7 @@ from mimir.models.modules import ModuleSpec, load_networks
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from mimir.preprocessing.prefetch import Loader
     from mimir.preprocessing.qc import QCRecord
 
 IMAGE_SHAPE = (3, 256, 256)
@@ -352,7 +353,7 @@ class Predictor:
         cache: bool = True,
         on_error: Callable[[SubjectResult], None] | None = None,
         on_progress: Callable[[int], None] | None = None,
-        load: Callable[[str], tuple[np.ndarray, QCRecord | None]] | None = None,
+        load: Loader | None = None,
     ) -> list[SubjectResult]:
         """Results for input files (subject zips or ``.npy`` images), in input order.
 
