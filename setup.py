@@ -26,7 +26,7 @@ setup(
     ext_modules=[
         Extension(
             "mimir.preprocessing._kernels",
-            sources=["src/mimir/preprocessing/_kernels.c"],
+            sources=["mimir/preprocessing/_kernels.c"],
             optional=True,
         )
     ],

@@ -14,7 +14,7 @@ cross-fitting (:func:`mimir.models.ood.fit_reference`), and prints per set:
 
 The ``test`` set (unseen in-distribution seeds, never used to fit or
 calibrate) gives the false-positive rate. ``--write-module`` stores the fitted
-reference in the built-in module (``src/mimir/data/modules/phantom-demo``)::
+reference in the built-in module (``mimir/data/modules/phantom-demo``)::
 
     python benchmarks/ood_data.py                 # the images (slow: ~2 s per subject)
     python benchmarks/ood.py                      # the table
@@ -106,7 +106,7 @@ def seed_ranges(names: np.ndarray) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT / ".scratch" / "ood"))
-    ap.add_argument("--module", default=str(ROOT / "src" / "mimir" / "data" / "modules" / "phantom-demo"))
+    ap.add_argument("--module", default=str(ROOT / "mimir" / "data" / "modules" / "phantom-demo"))
     ap.add_argument("--quantile", type=float, default=None, help="flag-line quantile (default: mimir's, 0.995)")
     ap.add_argument("--write-module", action="store_true", help="store the fitted reference in the module")
     ap.add_argument("--use-module", action="store_true", help="score with the module's stored reference")

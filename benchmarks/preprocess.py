@@ -174,7 +174,7 @@ def _stages(path: str, repeats: int, queue: mp.Queue) -> None:
 
 def _subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

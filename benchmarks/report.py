@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from mimir.batch.report import build_report  # noqa: E402
 from mimir.inference.predictions import csv_header, layout_for  # noqa: E402

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from mimir.inference import saliency as S  # noqa: E402
 from mimir.models.modules import load_networks  # noqa: E402

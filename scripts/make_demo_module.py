@@ -4,7 +4,7 @@
 Steps (each can be run alone; ``all`` runs them in order)::
 
     python scripts/make_demo_module.py data  --out .scratch/demo-train   # synthetic training images + targets.csv
-    python scripts/make_demo_module.py train --out .scratch/demo-train   # mimir train ... -> src/mimir/data/modules/phantom-demo
+    python scripts/make_demo_module.py train --out .scratch/demo-train   # mimir train ... -> mimir/data/modules/phantom-demo
     python scripts/make_demo_module.py all   --out .scratch/demo-train
 
 ``data`` draws full-size synthetic subjects with seeds ``TRAIN_SEED0 ..
@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE))
 TRAIN_SEED0 = 10_000
 #: Default number of training subjects.
 TRAIN_N = 2000
-MODULE_DIR = ROOT / "src" / "mimir" / "data" / "modules" / "phantom-demo"
+MODULE_DIR = ROOT / "mimir" / "data" / "modules" / "phantom-demo"
 
 #: The training command (after ``mimir train IMAGES TARGETS.csv -o MODULE_DIR``).
 TRAIN_ARGS = [

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_benchmark_quick_mode_runs_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MIMIR_HOME=str(tmp_path / "home"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MIMIR_HOME=str(tmp_path / "home"))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu", "--quick",
          "--data", str(tmp_path / "data"), "--json", str(out)],

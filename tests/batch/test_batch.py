@@ -392,7 +392,7 @@ def test_preprocessing_workers_never_import_torch(zips) -> None:
         "assert prepared.qc['status'] == 'ok', prepared.qc\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-c", code, str(zips["good"][0])]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -45,7 +45,7 @@ def reference(release: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 
 def _start(args: list[str]) -> subprocess.Popen[bytes]:
     """``mimir batch ...`` as its own process group (so the test can kill it with its workers)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     # Ctrl-C must raise KeyboardInterrupt even when this test runs where SIGINT is ignored (a background job)
     code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from mimir.cli import main; main()"
     return subprocess.Popen(

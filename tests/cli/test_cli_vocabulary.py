@@ -20,7 +20,7 @@ FORBIDDEN = ("<bool>", "<list[", "<int", "<float", "<str>", "<path>", "{")
 
 
 def _env() -> dict[str, str]:
-    src = str(Path(__file__).resolve().parents[2] / "src")
+    src = str(Path(__file__).resolve().parents[2])
     return {**os.environ, "PYTHONPATH": src, "COLUMNS": "200"}
 
 

@@ -188,7 +188,7 @@ def test_light_imports_do_not_load_torch_or_requests() -> None:
         "bad = [m for m in ('torch', 'requests', 'safetensors') if m in sys.modules];"
         "assert not bad, bad"
     )
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
 

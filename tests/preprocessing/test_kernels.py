@@ -288,6 +288,6 @@ print(accel.compiled() is not None, "numba" in sys.modules)
 
 def test_a_fresh_process_uses_the_kernels_from_its_first_image():
     env = {k: v for k, v in os.environ.items() if k not in ("MIMIR_KERNELS", "MIMIR_NUMBA")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     out = subprocess.run([sys.executable, "-c", _COLD], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"]

@@ -461,7 +461,7 @@ def test_interrupted_parallel_cli_run_keeps_a_checkpoint_per_worker(tmp_path: Pa
     ]
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *args], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     ckpts = [work / "current_holdout_m0.pt", work / "current_holdout_m1.pt"]
     deadline = time.monotonic() + 180

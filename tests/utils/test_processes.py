@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+SRC = str(Path(__file__).resolve().parents[2])
 
 
 def _run(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
