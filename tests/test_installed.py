@@ -82,7 +82,7 @@ def test_a_wheel_of_the_tree_carries_every_package_file(tmp_path: Path) -> None:
             shutil.copy2(src, tree / rel)
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(tree)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(tree)],
         check=True,
         capture_output=True,
     )
