@@ -73,7 +73,7 @@ def synth_image(seed: int, *, small: bool = False, transform: Transform | None =
     """
     from synth_images import _f32
 
-    from mimir import synth
+    from mimir.synth import study as synth
     from mimir.preprocessing.fusion import fuse_stations
     from mimir.preprocessing.projection import make_image
     from mimir.preprocessing.reader import SignalSlice

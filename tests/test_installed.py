@@ -60,6 +60,12 @@ def test_no_other_distribution_claims_the_import_name() -> None:
     assert set(owners) == {DIST}
 
 
+def test_no_broken_links_in_the_package() -> None:
+    """``mimir/data/weights_manifest.json`` links to the top-level manifest; a moved folder must not break it."""
+    broken = [p.relative_to(REPO).as_posix() for p in PACKAGE.rglob("*") if p.is_symlink() and not p.exists()]
+    assert not broken
+
+
 def test_the_c_extension_was_built() -> None:
     from mimir.preprocessing import kernels
 

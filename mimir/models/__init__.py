@@ -2,7 +2,7 @@
 
 - :mod:`~mimir.models.resnet`: the mean-variance ResNet50 (torchvision's parameter names);
 - :mod:`~mimir.models.catalogue`: the published targets and their accuracy figures;
-- :mod:`~mimir.models.modules`: ``module.json`` + safetensors members, MIMIR's format converted;
+- :mod:`~mimir.models.modules`: ``module.json`` + safetensors members, MIMIR's format converted (re-exported from ``module_format``, ``module_store`` and ``mimir_original``);
 - :mod:`~mimir.models.registry`: installed and built-in modules, the weights manifest;
 - :mod:`~mimir.models.fetch`: verified, resumable, atomic downloads and imports;
 - :mod:`~mimir.models.targets`: ``list-targets`` (catalogue joined with the registry).
