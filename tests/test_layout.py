@@ -33,8 +33,9 @@ ALLOWED: dict[str, set[str]] = {
     "outputs": {"errors", "utils", "inference"},
     "training": {"errors", "utils", "preprocessing", "models"},
     "batch": {"errors", "utils", "preprocessing", "models", "inference", "outputs"},
+    "analysis": {"errors", "utils", "models"},
     "demo": {"errors", "utils", "preprocessing", "models", "inference", "outputs", "synth"},
-    "cli": {"errors", "utils", "preprocessing", "models", "inference", "outputs", "synth", "training", "batch", "demo"},
+    "cli": {"errors", "utils", "preprocessing", "models", "inference", "outputs", "synth", "training", "batch", "demo", "analysis"},
     "__main__": {"cli"},
     "_moved": set(),
 }

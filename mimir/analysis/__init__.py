@@ -1,0 +1,22 @@
+"""Analyses of predictions: joined with reference tables, compared between visits, corrected for age.
+
+- :mod:`~mimir.analysis.tables`: reading mimir's prediction files (any layout) into one long
+  frame, and UK Biobank phenotype tables in any of their column conventions.
+
+>>> from mimir.analysis import read_predictions, PhenotypeTable
+>>> preds = read_predictions("out/predictions.csv")
+>>> weight = PhenotypeTable.read("phenotypes.csv").values("p21002_i2")
+"""
+
+from __future__ import annotations
+
+from mimir.utils.lazy import lazy_getattr
+
+_EXPORTS = {
+    "read_predictions": "mimir.analysis.tables",
+    "PhenotypeTable": "mimir.analysis.tables",
+    "parse_field_column": "mimir.analysis.tables",
+    "PREDICTION_COLUMNS": "mimir.analysis.tables",
+}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
