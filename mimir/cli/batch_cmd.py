@@ -19,6 +19,7 @@ from mimir.cli.app import (
     report_warning,
     say,
 )
+from mimir.utils.install import extra_help
 
 
 @app.command("batch", epilog=EXIT_CODES_HELP)
@@ -80,7 +81,7 @@ def batch_cmd(
         help="torch CPU threads per inference process (default: torch's choice).", show_default=False,
     ),
     report: bool = typer.Option(
-        False, "--report", help="Also write OUT_DIR/report.html (mimir report; needs pip install 'mimir[report]')."
+        False, "--report", help=f"Also write OUT_DIR/report.html (mimir report; needs the report extra: {extra_help('report')})."
     ),
 ) -> None:
     """Predict a whole release: parallel preprocessing, batched inference, resumable.

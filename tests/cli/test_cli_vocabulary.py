@@ -82,11 +82,11 @@ def test_usage_errors_exit_1_with_one_line(args: list[str], message: str) -> Non
 def test_messages_are_printed_literally(capsys: pytest.CaptureFixture[str]) -> None:
     from mimir.cli.app import report_error, report_warning, say
 
-    report_warning("install it: pip install 'mimir[ray]'")
+    report_warning("install it: pip install 'ukb-mimir[ray]'")
     report_error("/data/[red]/x.zip: bad value [nan, nan]")
     say("wrote 1 subject(s) to out[bold].csv")
     out, err = capsys.readouterr()
-    assert "pip install 'mimir[ray]'" in err
+    assert "pip install 'ukb-mimir[ray]'" in err
     assert "/data/[red]/x.zip: bad value [nan, nan]" in err
     assert "out[bold].csv" in out
 
