@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -74,13 +75,57 @@ def _plain_help_types() -> None:
 
 _plain_help_types()
 
+_MARKUP_TAG = re.compile(r"(\\*)\[([a-z#/@][^[]*?)\]")
+
+
+def escape_help(text: str | None) -> str | None:
+    """``text`` with every ``[...]`` that is not a Rich style tag escaped, so that --help shows it.
+
+    Help texts may use Rich styles (``[bold]...[/]``); anything else in square
+    brackets (``'ukb-mimir[report]'``, ``[default: mimir-demo]``) would be read
+    as an unknown tag and vanish from the rendered help.
+    """
+    if not text:
+        return text
+    from rich.style import Style
+
+    def fix(match: re.Match[str]) -> str:
+        backslashes, tag = match.group(1), match.group(2)
+        if backslashes:  # already escaped
+            return match.group(0)
+        if tag.startswith("/"):
+            return match.group(0)
+        try:
+            Style.parse(tag)
+        except Exception:  # noqa: BLE001 - rich raises StyleSyntaxError; not a style: show it literally
+            return "\\" + match.group(0)
+        return match.group(0)
+
+    return _MARKUP_TAG.sub(fix, text)
+
+
+def _escape_command_help(command: Any) -> None:
+    """Escape the help, epilog and option help texts of ``command`` and its subcommands (see :func:`escape_help`)."""
+    command.help = escape_help(command.help)
+    command.epilog = escape_help(command.epilog)
+    for param in getattr(command, "params", ()):
+        if getattr(param, "help", None):
+            param.help = escape_help(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        _escape_command_help(sub)
+
 
 class _MimirGroup(TyperGroup):
     """The command group, with usage errors as one ``error:`` line and exit code 1.
 
     Click exits 2 on a usage error, but mimir's 2 means "some inputs failed";
     an unknown command, an unknown option or a bad value exits 1 instead.
+    Help texts are escaped once the commands are built (:func:`escape_help`).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _escape_command_help(self)
 
     def main(  # type: ignore[override]
         self, args: Sequence[str] | None = None, prog_name: str | None = None, standalone_mode: bool = True,
