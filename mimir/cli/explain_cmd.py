@@ -90,8 +90,7 @@ def explain_cmd(
     if method not in METHODS:
         raise UsageError(f"unknown --method {method!r}", hint=f"Choose one of: {', '.join(METHODS)}.")
     require_matplotlib("explain")  # fail before any work
-    if output.exists() and not output.is_dir():
-        raise UsageError("exists and is not a folder", path=str(output), hint="Give a folder for -o.")
+    atomic.check_writable_dir(output)  # before any work
     files, refused = expand_inputs(inputs)
     gpus = parse_gpus(gpu, single=True)
     if threads is not None:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import typer
 
 from mimir.cli.app import EXIT_CODES_HELP, app, console, err_console, handle_errors, say
+from mimir.utils.atomic import check_writable_parent
 
 
 class _RichProgress:
@@ -228,6 +229,9 @@ def train_cmd(
 
     if intended_use not in INTENDED_USES:
         raise UsageError(f"--intended-use must be one of {', '.join(INTENDED_USES)}, got {intended_use!r}")
+    if output.exists() and not output.is_dir():
+        raise UsageError("is a file, not a folder", path=str(output), hint="Give a module folder for -o.")
+    check_writable_parent(output, what="module folder")  # before any work
 
     if threads is not None:
         torch.set_num_threads(threads)
