@@ -130,6 +130,14 @@ def batch_cmd(
         f"of {result.subjects} subject(s); {result.processed} processed in {result.wall_s:.1f} s "
         f"({result.throughput:.2f} subjects/s); outputs in {out_dir}"
     )
+    if result.qc_flagged:
+        say(f"{result.qc_flagged} predicted subject(s) QC-flagged ({result.qc_fail} fail): "
+            f"see qc_status and qc_flags in {out_dir / 'predictions.csv'}")
+    if result.synthetic_modules:
+        report_warning(
+            f"{', '.join(result.synthetic_modules)}: a synthetic demonstration module (intended_use synthetic-demo); "
+            "its numbers mean nothing for real UK Biobank images"
+        )
     if result.unfinished:
         report_warning(f"{result.unfinished} subject(s) are unfinished; run the same command again to do them")
     if result.failed:
