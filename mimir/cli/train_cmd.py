@@ -172,6 +172,11 @@ def train_cmd(
         None, "--units", metavar="TARGET=UNIT,...",
         help="Units, e.g. 'weight_kg=kg,vat=L' (default: from the name's suffix).", show_default=False,
     ),
+    supports: Optional[list[str]] = typer.Option(  # noqa: UP007
+        None, "--support", metavar="TARGET=LOW:HIGH,...",
+        help="Bounds the intervals are cut to, e.g. 'liver_fat=0:100,vat=0:' (a side may be empty; 'none': no "
+        "bounds). Default: from the unit (percent 0:100; volumes, masses and lengths 0:).", show_default=False,
+    ),
     fields: Optional[list[str]] = typer.Option(  # noqa: UP007
         None, "--fields", metavar="TARGET=FIELD,...", help="UK Biobank field ids, e.g. 'weight=21002'.",
         show_default=False,
@@ -243,6 +248,7 @@ def train_cmd(
             targets_csv,
             output,
             units=units,
+            supports=supports,
             fields=fields,
             target_info_file=target_info,
             device=device,
