@@ -52,7 +52,8 @@ DEFAULT_BATCH = 16
 
 #: The one line shown when ``predict`` or ``batch`` find no module to apply by default.
 NO_MODULE_HINT = (
-    "Install the published MIMIR modules with mimir fetch-weights (mimir fetch-weights --list shows them); "
+    "The published MIMIR modules need a download in a browser: mimir fetch-weights --list says where to get "
+    "each, then install the downloaded zip with mimir fetch-weights NAME --from FILE.zip; "
     "to see the pipeline work on synthetic data, run mimir demo or pass -m phantom-demo."
 )
 
