@@ -115,6 +115,24 @@ def _escape_command_help(command: Any) -> None:
         _escape_command_help(sub)
 
 
+#: Options of ``mimir`` itself that are also accepted after the command (``mimir qc -q ...``).
+GLOBAL_FLAGS = ("-q", "--quiet")
+
+
+def global_flags_first(args: Sequence[str]) -> list[str]:
+    """``args`` with :data:`GLOBAL_FLAGS` given after the command moved before it (up to a ``--``)."""
+    args = list(args)
+    command = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if command is None:
+        return args
+    end = args.index("--") if "--" in args else len(args)
+    moved = [a for a in args[command + 1 : end] if a in GLOBAL_FLAGS]
+    if not moved:
+        return args
+    rest = [a for a in args[command + 1 : end] if a not in GLOBAL_FLAGS]
+    return [*args[:command], *moved, args[command], *rest, *args[end:]]
+
+
 class _MimirGroup(TyperGroup):
     """The command group, with usage errors as one ``error:`` line and exit code 1.
 
@@ -131,6 +149,7 @@ class _MimirGroup(TyperGroup):
         self, args: Sequence[str] | None = None, prog_name: str | None = None, standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        args = global_flags_first(sys.argv[1:] if args is None else args)
         try:
             rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
@@ -287,7 +306,9 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide warnings about repaired irregularities."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Hide warnings about repaired irregularities (also accepted after the command)."
+    ),
 ) -> None:
     """Inference engine for UK Biobank neck-to-knee body MRI (field 20201)."""
     _setup_logging(quiet)

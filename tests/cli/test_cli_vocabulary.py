@@ -131,3 +131,12 @@ def test_train_intended_use_is_research_or_synthetic_demo(tmp_path: Path) -> Non
                             "--intended-use", "for fun"])
     assert r.exit_code == 1
     assert r.stderr.strip() == "error: --intended-use must be one of research, synthetic-demo, got 'for fun'"
+
+
+def test_global_quiet_flag_is_accepted_after_the_command() -> None:
+    from mimir.cli.app import global_flags_first
+
+    assert global_flags_first(["qc", "-q", "swap/"]) == ["-q", "qc", "swap/"]
+    assert global_flags_first(["predict", "a.zip", "--quiet", "-m", "x"]) == ["--quiet", "predict", "a.zip", "-m", "x"]
+    assert global_flags_first(["qc", "swap/", "--", "-q"]) == ["qc", "swap/", "--", "-q"]  # after -- it is a name
+    assert global_flags_first(["-q", "qc", "x"]) == ["-q", "qc", "x"]
