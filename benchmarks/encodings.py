@@ -60,7 +60,7 @@ def main() -> int:
     print(f"{'plain (as shipped)':<27} {base_read:7.3f} {1:8.2f} {base_total:8.3f} {1:8.2f}  reference")
     for name in ENCODINGS:
         if not encoding_available(name):
-            print(f"{name:<27} skipped: no encoder here (pip install 'mimir[codecs]')")
+            print(f"{name:<27} skipped: no encoder here (pip install 'ukb-mimir[codecs]')")
             continue
         path = reencode_zip(plain, work / f"{name}.zip", name)
         same = np.array_equal(preprocess(path, cache=False), reference)

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mimir.errors import UsageError
 
 #: The built-in demonstration module.
 DEMO_MODULE = "phantom-demo"
@@ -106,8 +105,7 @@ def run_demo(
     from mimir.utils import atomic
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError("exists and is not a folder", path=os.fspath(out))
+    atomic.check_writable_dir(out)  # before any work
     spec = get_module(module)
     seconds: dict[str, float] = {}
 

@@ -82,6 +82,7 @@ def merge_outputs(
     dest_path = Path(dest)
     if any(dest_path.resolve() == f.resolve() for f in folders):
         raise UsageError("the merged output folder must not be one of the folders merged", path=str(dest))
+    atomic.check_writable_dir(dest_path, what="merged output folder")  # before any work
     runs = [_load_run(f) for f in folders]
     key, header = runs[0]["key"], runs[0]["columns"]
     csv_layout = runs[0].get("csv_layout", "wide")

@@ -16,7 +16,7 @@ paths on every node, and the modules installed on every node (or
 of the driver are passed to the tasks.
 
 Ray is imported only here, lazily; without it ``--engine ray`` fails with a
-one-line hint to ``pip install 'mimir[ray]'``.
+one-line hint saying how to install the ``ray`` extra (:func:`mimir.utils.install.extra_hint`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from mimir.batch.progress import Monitor
 from mimir.batch.records import STAGE_PREPROCESS
 from mimir.batch.stages import IMAGE_SHAPE, Outcome, Prepared
 from mimir.errors import MimirError, UsageError
+from mimir.utils.install import extra_hint
 
 #: Rows per block of the input dataset at most (a preprocessing task handles one block).
 MAX_ROWS_PER_BLOCK = 8
@@ -56,7 +57,7 @@ def import_ray() -> Any:
         import ray.data  # noqa: F401
     except ImportError:
         raise UsageError(
-            "--engine ray needs Ray, which is not installed", hint="Install it with: pip install 'mimir[ray]'"
+            "--engine ray needs Ray, which is not installed", hint=extra_hint("ray")
         ) from None
     return ray
 

@@ -312,7 +312,8 @@ def build_report(
         raise ReportError("is not a folder", path=str(out_dir), hint="Give the OUT_DIR of a mimir batch run.")
     dest = Path(output) if output is not None else folder / REPORT_HTML
     if dest.is_dir():
-        raise UsageError("is a folder", path=str(output), hint="Give an .html file name for -o.")
+        raise UsageError("is a folder", path=str(dest), hint="Give an .html file name for -o.")
+    atomic.check_writable_file(dest)  # before any work
     run = _read_run(folder)
     df = _read_predictions(folder)
     errors = _read_errors(folder)

@@ -109,6 +109,11 @@ class BatchResult:
     throughput: float
     status: str
     devices: list[str] = field(default_factory=list)
+    #: predicted subjects whose qc_status is warn or fail (QC or OOD flags), of them fail
+    qc_flagged: int = 0
+    qc_fail: int = 0
+    #: the modules applied that are marked synthetic-demo (their numbers mean nothing for real images)
+    synthetic_modules: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -437,6 +442,8 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
         failed=written.failed, unfinished=unfinished, processed=run["counts"]["processed"],
         done_before=run["counts"]["done_before"], wall_s=run["wall_s"],
         throughput=run["throughput_subjects_per_s"], status=run["status"], devices=ready_devices,
+        qc_flagged=run["counts"]["qc_flagged"], qc_fail=run["counts"]["qc_fail"],
+        synthetic_modules=[s.name for s in specs if s.synthetic],
     )
 
 

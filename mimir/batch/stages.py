@@ -136,7 +136,8 @@ class InferenceStage:
 
         Images are (3, 256, 256) uint8, or :class:`Prepared` (image and QC
         record; the QC verdict and flags go into the row). The forward pass always sees
-        ``batch_size`` images: missing places are filled with zeros.
+        ``batch_size`` images: the predictor fills missing places with zeros
+        (:meth:`~mimir.inference.predictor.Predictor.predict_images`).
         """
         if not items:
             return []
@@ -147,7 +148,7 @@ class InferenceStage:
             return out
         from mimir.inference.predictions import SubjectResult
 
-        batch = np.zeros((self.batch_size, *IMAGE_SHAPE), dtype=np.uint8)
+        batch = np.zeros((len(items), *IMAGE_SHAPE), dtype=np.uint8)
         subjects = [SubjectResult.for_input(source) for _, source, _ in items]
         for i, (s, (name, _, image)) in enumerate(zip(subjects, items)):
             s.name = name
@@ -156,8 +157,7 @@ class InferenceStage:
                     s.qc_status, s.qc_flags = image.qc["status"], list(image.qc["flags"])
                 image = image.image
             batch[i] = image
-        padding = [SubjectResult(name="") for _ in range(self.batch_size - len(items))]
-        results = self.predictor.predict_images(batch, subjects + padding)[: len(items)]
+        results = self.predictor.predict_images(batch, subjects)  # padded to batch_size by the predictor
         layout = self.predictor.layout
         device = self.describe()
         return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -74,18 +75,81 @@ def _plain_help_types() -> None:
 
 _plain_help_types()
 
+_MARKUP_TAG = re.compile(r"(\\*)\[([a-z#/@][^[]*?)\]")
+
+
+def escape_help(text: str | None) -> str | None:
+    """``text`` with every ``[...]`` that is not a Rich style tag escaped, so that --help shows it.
+
+    Help texts may use Rich styles (``[bold]...[/]``); anything else in square
+    brackets (``'ukb-mimir[report]'``, ``[default: mimir-demo]``) would be read
+    as an unknown tag and vanish from the rendered help.
+    """
+    if not text:
+        return text
+    from rich.style import Style
+
+    def fix(match: re.Match[str]) -> str:
+        backslashes, tag = match.group(1), match.group(2)
+        if backslashes:  # already escaped
+            return match.group(0)
+        if tag.startswith("/"):
+            return match.group(0)
+        try:
+            Style.parse(tag)
+        except Exception:  # noqa: BLE001 - rich raises StyleSyntaxError; not a style: show it literally
+            return "\\" + match.group(0)
+        return match.group(0)
+
+    return _MARKUP_TAG.sub(fix, text)
+
+
+def _escape_command_help(command: Any) -> None:
+    """Escape the help, epilog and option help texts of ``command`` and its subcommands (see :func:`escape_help`)."""
+    command.help = escape_help(command.help)
+    command.epilog = escape_help(command.epilog)
+    for param in getattr(command, "params", ()):
+        if getattr(param, "help", None):
+            param.help = escape_help(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        _escape_command_help(sub)
+
+
+#: Options of ``mimir`` itself that are also accepted after the command (``mimir qc -q ...``).
+GLOBAL_FLAGS = ("-q", "--quiet")
+
+
+def global_flags_first(args: Sequence[str]) -> list[str]:
+    """``args`` with :data:`GLOBAL_FLAGS` given after the command moved before it (up to a ``--``)."""
+    args = list(args)
+    command = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if command is None:
+        return args
+    end = args.index("--") if "--" in args else len(args)
+    moved = [a for a in args[command + 1 : end] if a in GLOBAL_FLAGS]
+    if not moved:
+        return args
+    rest = [a for a in args[command + 1 : end] if a not in GLOBAL_FLAGS]
+    return [*args[:command], *moved, args[command], *rest, *args[end:]]
+
 
 class _MimirGroup(TyperGroup):
     """The command group, with usage errors as one ``error:`` line and exit code 1.
 
     Click exits 2 on a usage error, but mimir's 2 means "some inputs failed";
     an unknown command, an unknown option or a bad value exits 1 instead.
+    Help texts are escaped once the commands are built (:func:`escape_help`).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _escape_command_help(self)
 
     def main(  # type: ignore[override]
         self, args: Sequence[str] | None = None, prog_name: str | None = None, standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        args = global_flags_first(sys.argv[1:] if args is None else args)
         try:
             rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
@@ -242,7 +306,9 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide warnings about repaired irregularities."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Hide warnings about repaired irregularities (also accepted after the command)."
+    ),
 ) -> None:
     """Inference engine for UK Biobank neck-to-knee body MRI (field 20201)."""
     _setup_logging(quiet)

@@ -19,6 +19,7 @@ from mimir.cli.app import (
     report_warning,
     say,
 )
+from mimir.utils.install import extra_help
 
 
 @app.command("batch", epilog=EXIT_CODES_HELP)
@@ -80,7 +81,7 @@ def batch_cmd(
         help="torch CPU threads per inference process (default: torch's choice).", show_default=False,
     ),
     report: bool = typer.Option(
-        False, "--report", help="Also write OUT_DIR/report.html (mimir report; needs pip install 'mimir[report]')."
+        False, "--report", help=f"Also write OUT_DIR/report.html (mimir report; needs the report extra: {extra_help('report')})."
     ),
 ) -> None:
     """Predict a whole release: parallel preprocessing, batched inference, resumable.
@@ -129,6 +130,14 @@ def batch_cmd(
         f"of {result.subjects} subject(s); {result.processed} processed in {result.wall_s:.1f} s "
         f"({result.throughput:.2f} subjects/s); outputs in {out_dir}"
     )
+    if result.qc_flagged:
+        say(f"{result.qc_flagged} predicted subject(s) QC-flagged ({result.qc_fail} fail): "
+            f"see qc_status and qc_flags in {out_dir / 'predictions.csv'}")
+    if result.synthetic_modules:
+        report_warning(
+            f"{', '.join(result.synthetic_modules)}: a synthetic demonstration module (intended_use synthetic-demo); "
+            "its numbers mean nothing for real UK Biobank images"
+        )
     if result.unfinished:
         report_warning(f"{result.unfinished} subject(s) are unfinished; run the same command again to do them")
     if result.failed:

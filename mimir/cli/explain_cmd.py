@@ -12,7 +12,16 @@ import numpy as np
 import typer
 from rich.markup import escape
 
-from mimir.cli.app import EXIT_CODES_HELP, app, console, handle_errors, module_option, parse_gpus, report_error
+from mimir.cli.app import (
+    EXIT_CODES_HELP,
+    app,
+    console,
+    handle_errors,
+    module_option,
+    parse_gpus,
+    report_error,
+    report_warning,
+)
 from mimir.errors import EXIT_ERROR, EXIT_PARTIAL, MimirError, UsageError
 from mimir.inference.saliency import METHODS
 from mimir.utils import atomic
@@ -90,8 +99,7 @@ def explain_cmd(
     if method not in METHODS:
         raise UsageError(f"unknown --method {method!r}", hint=f"Choose one of: {', '.join(METHODS)}.")
     require_matplotlib("explain")  # fail before any work
-    if output.exists() and not output.is_dir():
-        raise UsageError("exists and is not a folder", path=str(output), hint="Give a folder for -o.")
+    atomic.check_writable_dir(output)  # before any work
     files, refused = expand_inputs(inputs)
     gpus = parse_gpus(gpu, single=True)
     if threads is not None:
@@ -101,6 +109,12 @@ def explain_cmd(
     explainer = Explainer(module or None, targets=target or None, method=method, device=device,
                           gpu=gpus[0] if gpus else None)
     console.print(f"method: {escape(explainer.description)}", highlight=False)
+    synthetic = set(explainer.synthetic_modules)
+    if synthetic:
+        report_warning(
+            f"{', '.join(sorted(synthetic))}: a synthetic demonstration module (intended_use synthetic-demo); "
+            "its predictions and maps mean nothing for real UK Biobank images"
+        )
     agg = Aggregate() if aggregate else None
     # pixel-level maps are speckled: the figures (not the .npy maps) show them blurred
     smooth = 0.0 if method == "gradcam" else DISPLAY_SMOOTH_PX
@@ -131,7 +145,8 @@ def explain_cmd(
             _save_npy(base.with_name(base.name + ".npy"), it.saliency)
             png = saliency_figure(
                 image, it.saliency,
-                title=f"{stem}  -  {it.module} {it.target}: {it.mean:.4g} {it.unit} (sd {it.sd:.2g})",
+                title=f"{stem}  -  {it.module}{' (synthetic demo)' if it.module in synthetic else ''} "
+                f"{it.target}: {it.mean:.4g} {it.unit} (sd {it.sd:.2g})",
                 subtitle=f"saliency: {explainer.description}{shown}"
                 + ("" if float(it.saliency.sum()) > 0 else "; the map is zero (no evidence raising the prediction)"),
                 smooth_px=smooth,
@@ -152,7 +167,8 @@ def explain_cmd(
             base = output / AGGREGATE_DIR / f"{mod}.{tgt}"
             _save_npy(base.with_name(base.name + ".npy"), m)
             atomic.write_bytes(base.with_name(base.name + ".png"), saliency_figure(
-                mean_image, m, title=f"mean of {agg.counts[(mod, tgt)]} subject(s)  -  {mod} {tgt}",
+                mean_image, m, title=f"mean of {agg.counts[(mod, tgt)]} subject(s)  -  {mod}"
+                f"{' (synthetic demo)' if mod in synthetic else ''} {tgt}",
                 subtitle=f"aggregated saliency (mean of unit-sum maps): {explainer.description}{shown}",
                 smooth_px=smooth))
             aggregated.append({"module": mod, "target": tgt, "subjects": agg.counts[(mod, tgt)],
@@ -167,6 +183,7 @@ def explain_cmd(
             "map": "float32 (256, 256), non-negative, unit sum; rows head to knee, columns: coronal half then "
                    "sagittal half; the explained output is the target's standardised mean",
             "modules": explainer.identity(),
+            "synthetic_demo": sorted(synthetic),
             "targets": explainer.targets,
             "maps": written,
             "aggregate": aggregated,

@@ -71,11 +71,30 @@ def fetch_weights_cmd(
         names, manifest=manifest, source=source or None, offline=offline, force=force, console=err_console,
         on_outcome=on_outcome,
     )
-    failed = report.failed
     if not report.outcomes:
         console.print("the weights manifest lists no modules", highlight=False)
-    elif failed:
-        raise typer.Exit(EXIT_ERROR if len(failed) == len(report.outcomes) else EXIT_PARTIAL)
+        return
+    code = exit_code(report)
+    browser = [o.name for o in report.outcomes if o.status == "manual-info"]
+    if browser:
+        report_error(
+            f"{len(browser)} module(s) not installed ({', '.join(browser)}): each needs a download in a browser "
+            "first (where: see above), then: mimir fetch-weights NAME --from FILE.zip"
+        )
+    if code:
+        raise typer.Exit(code)
+
+
+def exit_code(report) -> int:  # noqa: ANN001
+    """0: every module asked for (all of the manifest when none was named) is installed;
+    2: some were installed by this run and others were not; 1: nothing was installed and some are missing.
+
+    A module that needs a browser download counts as not installed, asked for by name or not.
+    """
+    missing = [o for o in report.outcomes if not o.ok or o.status == "manual-info"]
+    if not missing:
+        return 0
+    return EXIT_PARTIAL if any(o.status == "installed" for o in report.outcomes) else EXIT_ERROR
 
 
 def _source_text(entry) -> str:  # noqa: ANN001

@@ -19,6 +19,7 @@ from mimir.cli.app import (
     say,
 )
 from mimir.errors import EXIT_ERROR, EXIT_PARTIAL, UsageError
+from mimir.utils.atomic import check_writable_file
 
 
 @app.command("qc", epilog=EXIT_CODES_HELP)
@@ -49,8 +50,7 @@ def qc_cmd(
         if output.suffix.lower() != ".csv":
             raise UsageError(f"unknown output format {output.suffix or '(no extension)'!r}", path=str(output),
                              hint="Give a .csv file name.")
-        if output.is_dir():
-            raise UsageError("is a folder", path=str(output), hint="Give a .csv file name.")
+        check_writable_file(output)  # before any work
     files = expand(inputs, suffixes=(".zip",))
     failed = 0
 

@@ -8,9 +8,20 @@ from typing import Optional
 import typer
 
 from mimir.cli.app import EXIT_CODES_HELP, app, handle_errors, say
+from mimir.utils.install import extra_help
 
 
-@app.command("report", epilog=EXIT_CODES_HELP)
+REPORT_HELP = """Write one HTML page about a batch run: summary, distributions, QC-flagged and failed subjects.
+
+Everything is embedded (images, styles; no scripts, no external URL), so
+the file opens anywhere after copying it off the cluster. Needs the
+report extra: {hint}.
+
+Example: [bold]mimir report results/ -o results/report.html[/]
+""".format(hint=extra_help("report"))
+
+
+@app.command("report", help=REPORT_HELP, epilog=EXIT_CODES_HELP)
 @handle_errors
 def report_cmd(
     out_dir: Path = typer.Argument(..., metavar="OUT_DIR", help="Output folder of mimir batch (or mimir merge)."),
@@ -25,14 +36,6 @@ def report_cmd(
         24, "--sample", min=0, metavar="N", help="Other subjects sampled at random for detail panels."
     ),
 ) -> None:
-    """Write one HTML page about a batch run: summary, distributions, QC-flagged and failed subjects.
-
-    Everything is embedded (images, styles; no scripts, no external URL), so
-    the file opens anywhere after copying it off the cluster. Needs the
-    report extra: pip install 'mimir[report]'.
-
-    Example: [bold]mimir report results/ -o results/report.html[/]
-    """
     from mimir.batch.report import build_report
 
     result = build_report(out_dir, output, thumbnails=thumbnails, sample=sample)

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mimir.cli.app import EXIT_CODES_HELP, app, console, err_console, handle_errors, pick_output, say
+from mimir.utils.atomic import check_writable_dir
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -51,6 +52,7 @@ def synth(
     from mimir.synth import default_eid, generate_subject
 
     out = pick_output(output, folder, required=True)
+    check_writable_dir(out)  # before any work
     default_eid(seed + n - 1)  # range check before writing anything
     if swap_station is not None or swap_region is not None:  # option errors before writing anything
         from mimir.synth import build_study

@@ -13,6 +13,27 @@ def _f(x: float | int | None, fmt: str = "{:g}") -> str:
     return "" if x is None else fmt.format(x)
 
 
+#: Columns of the tab-separated listing (without a terminal).
+TSV_COLUMNS = ("group", "target", "field", "unit", "cv_n", "cv_icc", "cv_r2", "cv_mae", "cv_mape_percent",
+               "test_n", "test_icc", "test_r2", "installed_modules", "published_in")
+
+
+def targets_tsv(infos) -> str:  # noqa: ANN001
+    """Every target as one tab-separated line under a header of :data:`TSV_COLUMNS`; modules joined by ","."""
+    lines = ["\t".join(TSV_COLUMNS)]
+    for i in infos:
+        cv, test = i.cv, i.test
+        cells = [
+            i.group or "", i.name, _f(i.field, "{}"), i.unit,
+            _f(cv.n if cv else None, "{}"), _f(cv.icc if cv else None), _f(cv.r2 if cv else None),
+            _f(cv.mae if cv else None), _f(cv.mape_percent if cv else None),
+            _f(test.n if test else None, "{}"), _f(test.icc if test else None), _f(test.r2 if test else None),
+            ",".join(i.modules), ",".join(i.available_in),
+        ]
+        lines.append("\t".join(" ".join(str(c).split()) for c in cells))
+    return "\n".join(lines) + "\n"
+
+
 @app.command("list-targets", epilog=EXIT_CODES_HELP)
 @handle_errors
 def list_targets_cmd(
@@ -22,13 +43,17 @@ def list_targets_cmd(
 
     Shows UK Biobank field, unit, group, the published 10-fold cross-validation
     figures (N, ICC, R2, MAE, MAPE %), test-set ICC/R2 where published, and
-    which installed module predicts each target.
+    which installed module predicts each target. Without a terminal (a pipe,
+    a file) it prints every column as tab-separated lines with a header.
     """
     from mimir.models.targets import list_targets
 
     infos = list_targets()
     if as_json:
         typer.echo(json.dumps([i.to_json() for i in infos], indent=2, ensure_ascii=False))
+        return
+    if not console.is_terminal:
+        typer.echo(targets_tsv(infos), nl=False)
         return
 
     from rich import box

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import typer
 
 from mimir.cli.app import EXIT_CODES_HELP, app, console, err_console, handle_errors, say
+from mimir.utils.atomic import check_writable_parent
 
 
 class _RichProgress:
@@ -171,6 +172,11 @@ def train_cmd(
         None, "--units", metavar="TARGET=UNIT,...",
         help="Units, e.g. 'weight_kg=kg,vat=L' (default: from the name's suffix).", show_default=False,
     ),
+    supports: Optional[list[str]] = typer.Option(  # noqa: UP007
+        None, "--support", metavar="TARGET=LOW:HIGH,...",
+        help="Bounds the intervals are cut to, e.g. 'liver_fat=0:100,vat=0:' (a side may be empty; 'none': no "
+        "bounds). Default: from the unit (percent 0:100; volumes, masses and lengths 0:).", show_default=False,
+    ),
     fields: Optional[list[str]] = typer.Option(  # noqa: UP007
         None, "--fields", metavar="TARGET=FIELD,...", help="UK Biobank field ids, e.g. 'weight=21002'.",
         show_default=False,
@@ -228,6 +234,9 @@ def train_cmd(
 
     if intended_use not in INTENDED_USES:
         raise UsageError(f"--intended-use must be one of {', '.join(INTENDED_USES)}, got {intended_use!r}")
+    if output.exists() and not output.is_dir():
+        raise UsageError("is a file, not a folder", path=str(output), hint="Give a module folder for -o.")
+    check_writable_parent(output, what="module folder")  # before any work
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -239,6 +248,7 @@ def train_cmd(
             targets_csv,
             output,
             units=units,
+            supports=supports,
             fields=fields,
             target_info_file=target_info,
             device=device,

@@ -95,8 +95,14 @@ class Explainer:
         return METHOD_DESCRIPTIONS[self.method]
 
     def identity(self) -> list[dict[str, object]]:
-        """Provenance of the loaded modules (name, version, member hashes, digest)."""
-        return self.predictor.identity()
+        """Provenance of the loaded modules (name, version, member hashes, digest) and their intended use."""
+        return [{**ident, "intended_use": lm.spec.intended_use}
+                for ident, lm in zip(self.predictor.identity(), self.predictor.loaded)]
+
+    @property
+    def synthetic_modules(self) -> list[str]:
+        """Names of the loaded modules marked synthetic-demo (their maps explain a demonstration network)."""
+        return [lm.spec.name for lm in self.predictor.loaded if lm.spec.synthetic]
 
     def explain(self, image: np.ndarray) -> list[TargetSaliency]:
         """Prediction and saliency map of each requested target for a (3, 256, 256) uint8 image."""

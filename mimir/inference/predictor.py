@@ -52,7 +52,8 @@ DEFAULT_BATCH = 16
 
 #: The one line shown when ``predict`` or ``batch`` find no module to apply by default.
 NO_MODULE_HINT = (
-    "Install the published MIMIR modules with mimir fetch-weights (mimir fetch-weights --list shows them); "
+    "The published MIMIR modules need a download in a browser: mimir fetch-weights --list says where to get "
+    "each, then install the downloaded zip with mimir fetch-weights NAME --from FILE.zip; "
     "to see the pipeline work on synthetic data, run mimir demo or pass -m phantom-demo."
 )
 
@@ -300,6 +301,19 @@ class Predictor:
         """Per module, (mean, variance) of shape (B, T) in display units, ensemble combined."""
         return [self._combine(lm, raw) for lm, raw in zip(self.loaded, self.raw_outputs(images))]
 
+    def _padded(self, images: np.ndarray | Any) -> np.ndarray | Any:
+        """``images`` (n <= batch_size, 3, 256, 256) followed by zero images up to ``batch_size``."""
+        n = images.shape[0]
+        if n == self.batch_size:
+            return images
+        if isinstance(images, np.ndarray):
+            pad = np.zeros((self.batch_size - n, *images.shape[1:]), dtype=images.dtype)
+            return np.concatenate([images, pad])
+        import torch
+
+        pad = torch.zeros((self.batch_size - n, *images.shape[1:]), dtype=images.dtype, device=images.device)
+        return torch.cat([images, pad])
+
     def predict_images(
         self,
         images: np.ndarray | Any,
@@ -308,13 +322,26 @@ class Predictor:
         """Results for a batch of uint8 images (B, 3, 256, 256), one subject each.
 
         ``subjects`` are input paths (names and eid/instance are parsed from
-        them) or :class:`SubjectResult` records to fill in.
+        them) or :class:`SubjectResult` records to fill in. Every forward pass
+        has exactly ``batch_size`` images: more are cut into passes of that
+        size, fewer are padded with blank images whose outputs are dropped.
+        A subject's numbers therefore do not depend on how many or which
+        other subjects were predicted with it: ``predict`` of one file, of
+        many, and ``mimir batch`` give the same bits (same device, settings
+        and ``batch_size``).
         """
         records = [s if isinstance(s, SubjectResult) else SubjectResult.for_input(s) for s in subjects]
         n = images.shape[0] if getattr(images, "ndim", 0) == 4 else 1
         if len(records) != n:
             raise ValueError(f"{n} images but {len(records)} subjects")
-        forward = self._forward(images)
+        if getattr(images, "ndim", 0) == 3:
+            images = images[None]
+        if n > self.batch_size:
+            for start in range(0, n, self.batch_size):
+                self.predict_images(images[start : start + self.batch_size], records[start : start + self.batch_size])
+            return records
+        forward = [(raw[:, :n], None if feats is None else feats[:, :n])
+                   for raw, feats in self._forward(self._padded(images))]
         per_module = [self._combine(lm, raw) for lm, (raw, _) in zip(self.loaded, forward)]
         ood = [
             None if lm.reference is None or feats is None else lm.reference.scores(feats)

@@ -16,9 +16,10 @@ import numpy as np
 
 from mimir.errors import UsageError
 from mimir.utils import atomic
+from mimir.utils.install import extra_hint
 
-#: How to install the plotting dependencies.
-INSTALL_HINT = "Install them with: pip install 'mimir[report]' (matplotlib and jinja2)."
+#: How to install the plotting dependencies (the command fits a release or a checkout).
+INSTALL_HINT = extra_hint("report")
 
 #: Channel titles of the saliency figure.
 CHANNEL_TITLES = ("water", "fat", "fat fraction (slices)")

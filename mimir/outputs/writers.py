@@ -132,8 +132,39 @@ def _fmt(x: float) -> str:
     return f"{x:.0f}" if abs(x) >= 1e4 else f"{x:.4g}"
 
 
+_STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+
+
+def reliability_line(result: SubjectResult) -> str:
+    """The subject's QC status, QC flags and OOD scores as one line of Rich markup (user text escaped).
+
+    ``QC fail: fat_water_swap:station=3  |  OOD score phantom-demo 0.42 (flag above 1)``; a score of
+    a module without a reference reads ``no reference``; an image input without QC ``QC not computed``.
+    """
+    from rich.markup import escape
+
+    if result.qc_status is None:
+        qc = "QC not computed (an image input)"
+    else:
+        style = _STATUS_STYLE.get(result.qc_status, "bold")
+        flags = ", ".join(result.qc_flags) if result.qc_flags else "no flags"
+        qc = f"QC [{style}]{escape(result.qc_status)}[/]: {escape(flags)}"
+    scores = []
+    for module, score in result.ood_scores.items():
+        if score is None:
+            scores.append(f"{escape(module)} no reference")
+        else:
+            mark = " [yellow](out of distribution)[/]" if score > 1 else ""
+            scores.append(f"{escape(module)} {score:.2f}{mark}")
+    ood = f"OOD score (flag above 1): {', '.join(scores)}" if scores else ""
+    return qc + (f"  |  {ood}" if ood else "")
+
+
 def render_tables(results: Sequence[SubjectResult], console: Console) -> None:
     """One Rich table per successful subject: target, value, unit, confidence interval, module.
+
+    Under each table a line gives the subject's QC status and flags and its
+    OOD score per module (:func:`reliability_line`).
 
     Predictions of a synthetic-demo module are marked in the module column and
     by a warning line under the table.
@@ -161,6 +192,7 @@ def render_tables(results: Sequence[SubjectResult], console: Console) -> None:
                 module += " [yellow](synthetic demo)[/]"
             table.add_row(escape(t.key), _fmt(p.value), escape(t.unit), f"{_fmt(low)} .. {_fmt(high)}", module)
         console.print(table)
+        console.print(reliability_line(r), highlight=False, soft_wrap=True)
     if synthetic:
         console.print(
             f"[yellow]warning:[/] {escape(', '.join(sorted(synthetic)))}: a synthetic demonstration module; "

@@ -32,6 +32,7 @@ from mimir.errors import (
     NotAZipError,
     TruncatedZipError,
 )
+from mimir.utils.install import extra_hint
 from mimir.utils.limits import (
     MAX_MANIFEST_BYTES,
     MAX_MEMBER_BYTES,
@@ -675,7 +676,7 @@ def _pixels(ds: pydicom.Dataset, rows: int, cols: int, member: str, path: Path) 
             raise InputError(
                 f"slice {quote(member, 100)} is compressed as {name} ({syntax}) and no decoder for it is installed",
                 path,
-                f'Install one: pip install "mimir[codecs]" (or: pip install {packages}).',
+                f"{extra_hint('codecs').rstrip('.')} (or: pip install {packages}).",
             ) from None
         label = f"{name} ({syntax})" if name else (syntax or "unknown transfer syntax")
         raise InputError(

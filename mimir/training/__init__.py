@@ -28,6 +28,7 @@ def train_module(
     *,
     units: Sequence[str] | None = None,
     fields: Sequence[str] | None = None,
+    supports: Sequence[str] | None = None,
     target_info_file: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     progress: TrainProgress | None = None,
@@ -52,6 +53,9 @@ def train_module(
     ``if __name__ == "__main__":`` (a call outside it raises
     :class:`~mimir.errors.UsageError` saying so). ``targets_csv`` is keyed by
     ``name`` (image file stems) or ``eid`` (UK Biobank participant ids).
+    ``supports`` (``name=LOW:HIGH`` or ``name=none``) overrides the support
+    each target's intervals are cut to (default: the published catalogue's,
+    else derived from the unit: percent 0-100; volumes, masses, lengths >= 0).
     """
     from pathlib import Path
 
@@ -66,7 +70,7 @@ def train_module(
     cfg = TrainConfig(**config)
     cfg.validate()
     table = read_targets_csv(targets_csv)
-    infos = target_info(table.targets, units=units, fields=fields, info_file=target_info_file)
+    infos = target_info(table.targets, units=units, fields=fields, info_file=target_info_file, supports=supports)
     if progress is not None:
         progress.message(f"loading images from {os.fspath(images)}")
     dataset = load_images(images, table, cache=cache, on_progress=progress.loading if progress is not None else None)

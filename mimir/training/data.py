@@ -73,6 +73,9 @@ class TargetInfo:
     name: str
     unit: str
     field: int | None = None
+    #: ``--support`` given for this target: (low, high) or None (no bounds); unset: derived at training
+    support: tuple[float | None, float | None] | None = None
+    support_given: bool = False
 
 
 def _parse_value(text: str, where: str) -> float:
@@ -189,18 +192,24 @@ def target_info(
     units: Sequence[str] | None = None,
     fields: Sequence[str] | None = None,
     info_file: str | os.PathLike[str] | None = None,
+    supports: Sequence[str] | None = None,
 ) -> list[TargetInfo]:
-    """Unit and field of every target.
+    """Unit, field and any ``--support`` of every target.
 
     Precedence: ``--units``/``--fields`` (``name=value`` lists), then the
     description file, then a unit guessed from the name's suffix and no field.
+    ``supports``: ``name=LOW:HIGH`` (a side may be empty) or ``name=none``.
     Names that are not targets are an error (a typo would otherwise pass).
     """
+    from mimir.models.units import parse_support_text
+
     unit_map = _pairs(units, "--units")
     field_map = _pairs(fields, "--fields")
+    support_map = _pairs(supports, "--support")
     file_map = read_target_info_file(info_file) if info_file is not None else {}
     known = set(targets)
-    for option, mapping in (("--units", unit_map), ("--fields", field_map), ("target description", file_map)):
+    for option, mapping in (("--units", unit_map), ("--fields", field_map), ("--support", support_map),
+                            ("target description", file_map)):
         unknown = sorted(set(mapping) - known)
         if unknown:
             raise UsageError(f"{option}: {', '.join(unknown)} is not a column of the targets table")
@@ -217,7 +226,13 @@ def target_info(
                 field_id = int(field_text)
             except ValueError:
                 raise UsageError(f"field of {t} must be an integer UK Biobank field id, got {field_text!r}") from None
-        out.append(TargetInfo(t, unit, field_id))
+        support = None
+        if t in support_map:
+            try:
+                support = parse_support_text(support_map[t], f"--support of {t}")
+            except ValueError as exc:
+                raise UsageError(str(exc), hint="Write TARGET=LOW:HIGH, e.g. liver_fat=0:100 or vat=0: (or none).") from None
+        out.append(TargetInfo(t, unit, field_id, support=support, support_given=t in support_map))
     return out
 
 

@@ -574,6 +574,36 @@ class Trainer:
 # --------------------------------------------------------------------------- evaluation
 
 
+def target_support(
+    info: TargetInfo, catalogue: tuple[float | None, float | None] | None, values: np.ndarray
+) -> tuple[float | None, float | None] | None:
+    """The support recorded for a trained target: ``--support`` if given, else the published
+    catalogue's for a catalogue target, else the unit's default (:func:`mimir.models.units.support_of_unit`).
+
+    A unit's default is dropped, with a warning, when a training value (``values``, NaN for
+    missing) lies outside it: a change or a difference in kg or percent may be negative.
+    """
+    from mimir.models.units import support_of_unit
+
+    if info.support_given:
+        return info.support
+    if catalogue is not None:
+        return catalogue
+    support = support_of_unit(info.unit)
+    if support is None:
+        return None
+    present = values[np.isfinite(values)]
+    low, high = support
+    if present.size and ((low is not None and present.min() < low) or (high is not None and present.max() > high)):
+        logging.getLogger("mimir").warning(
+            f"target {info.name}: training values from {present.min():g} to {present.max():g} lie outside "
+            f"the default support of unit {info.unit} ({low:g} to {'no limit' if high is None else f'{high:g}'}); "
+            "its intervals are not cut (give --support to set one)"
+        )
+        return None
+    return support
+
+
 def heldout_predictions(
     jobs: Sequence[Job], results: Sequence[JobResult], n: int, members: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -749,7 +779,7 @@ def train(
                 sd=float(final_sd[t]),
                 calibration=float(m["calibration_factor"]) if m else 1.0,
                 metrics={"validation": {"method": method, **m}} if m else None,
-                support=entry.support if entry is not None else None,  # a catalogue target's support
+                support=target_support(info, entry.support if entry is not None else None, dataset.values[:, t]),
             )
         )
 

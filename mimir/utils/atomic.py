@@ -90,17 +90,31 @@ def check_writable_dir(folder: str | os.PathLike[str], *, create: bool = True, w
     return folder
 
 
-def check_writable_file(dest: str | os.PathLike[str]) -> Path:
+def check_writable_parent(dest: str | os.PathLike[str], *, what: str = "output file") -> Path:
+    """Make sure the folder that will hold ``dest`` exists (or can be made) and takes writes, before any work starts.
+
+    For outputs written beside themselves and renamed into place: a file
+    (:func:`check_writable_file`) or a folder built whole, such as a module.
+    """
+    from mimir.errors import UsageError
+
+    dest = Path(dest)
+    try:
+        check_writable_dir(dest.parent if str(dest.parent) else Path("."), what="folder")
+    except UsageError as exc:
+        raise UsageError(
+            f"cannot be written: {exc.path}: {exc.message}", path=str(dest),
+            hint=f"Give an {what} in a folder you can write to." if what[0] in "aeiou"
+            else f"Give a {what} in a folder you can write to.",
+        ) from None
+    return dest
+
+
+def check_writable_file(dest: str | os.PathLike[str], *, what: str = "output file") -> Path:
     """Make sure ``dest`` can be written (atomically, beside it) before any work starts."""
     from mimir.errors import UsageError
 
     dest = Path(dest)
     if dest.is_dir():
         raise UsageError("is a folder", path=str(dest), hint="Give a file name.")
-    try:
-        check_writable_dir(dest.parent if str(dest.parent) else Path("."), what="folder")
-    except UsageError as exc:
-        raise UsageError(
-            f"cannot be written: {exc.path}: {exc.message}", path=str(dest), hint="Give an output file in a folder you can write to."
-        ) from None
-    return dest
+    return check_writable_parent(dest, what=what)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -19,12 +20,13 @@ from test_batch import batch, make_module, outputs, read_csv, record_files, synt
 from mimir.batch.records import RecordStore
 from mimir.batch.runner import run_batch
 from mimir.errors import UsageError
+from mimir.utils.install import extra_hint
 
 
 @pytest.fixture(scope="module")
 def ray_instance():
-    ray = pytest.importorskip("ray", reason="Ray is not installed here (pip install 'mimir[ray]')")
-    pytest.importorskip("ray.data", reason="Ray Data is not installed here (pip install 'mimir[ray]')")
+    ray = pytest.importorskip("ray", reason="Ray is not installed here (pip install 'ukb-mimir[ray]')")
+    pytest.importorskip("ray.data", reason="Ray Data is not installed here (pip install 'ukb-mimir[ray]')")
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
         yield ray
@@ -80,5 +82,5 @@ def test_missing_ray_gives_the_install_hint(tmp_path: Path, monkeypatch: pytest.
     data = tmp_path / "data"
     save_images(data, ["s"], seed=1)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    with pytest.raises(UsageError, match=r"pip install 'mimir\[ray\]'"):
+    with pytest.raises(UsageError, match=re.escape(extra_hint("ray"))):
         run_batch(data, tmp_path / "out", engine="ray", modules=[make_module(tmp_path / "mod")], device="cpu")

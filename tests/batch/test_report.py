@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from mimir.batch.report import ReportError, build_report, target_columns
 from mimir.errors import UsageError
+from mimir.utils.install import extra_hint
 
-pytest.importorskip("matplotlib", reason="the report extra (pip install 'mimir[report]') is needed")
+pytest.importorskip("matplotlib", reason="the report extra (pip install 'ukb-mimir[report]') is needed")
 
 runner = CliRunner()
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -247,7 +248,7 @@ def test_report_errors_are_one_line(tmp_path: Path) -> None:
 def test_missing_matplotlib_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_batch_folder(tmp_path / "out")
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(UsageError, match=r"pip install 'mimir\[report\]'"):
+    with pytest.raises(UsageError, match=re.escape(extra_hint("report"))):
         build_report(tmp_path / "out")
 
 

@@ -1,7 +1,7 @@
 """The report in a real browser: headless Chromium, network off, opened from disk.
 
 Needs the distribution's ``chromium`` and ``chromium-driver`` packages and
-``selenium`` (``pip install 'mimir[browser]'``); ``.ci/run`` installs them.
+``selenium`` (``pip install 'ukb-mimir[browser]'``); ``.ci/run`` installs them.
 Skipped, with the reason, where they are missing.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("matplotlib", reason="the report extra (pip install 'mimir[report]') is needed")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is needed (pip install 'mimir[browser]')")
+pytest.importorskip("matplotlib", reason="the report extra (pip install 'ukb-mimir[report]') is needed")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is needed (pip install 'ukb-mimir[browser]')")
 
 from test_report import make_batch_folder  # noqa: E402
 

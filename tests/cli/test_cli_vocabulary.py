@@ -82,11 +82,11 @@ def test_usage_errors_exit_1_with_one_line(args: list[str], message: str) -> Non
 def test_messages_are_printed_literally(capsys: pytest.CaptureFixture[str]) -> None:
     from mimir.cli.app import report_error, report_warning, say
 
-    report_warning("install it: pip install 'mimir[ray]'")
+    report_warning("install it: pip install 'ukb-mimir[ray]'")
     report_error("/data/[red]/x.zip: bad value [nan, nan]")
     say("wrote 1 subject(s) to out[bold].csv")
     out, err = capsys.readouterr()
-    assert "pip install 'mimir[ray]'" in err
+    assert "pip install 'ukb-mimir[ray]'" in err
     assert "/data/[red]/x.zip: bad value [nan, nan]" in err
     assert "out[bold].csv" in out
 
@@ -131,3 +131,12 @@ def test_train_intended_use_is_research_or_synthetic_demo(tmp_path: Path) -> Non
                             "--intended-use", "for fun"])
     assert r.exit_code == 1
     assert r.stderr.strip() == "error: --intended-use must be one of research, synthetic-demo, got 'for fun'"
+
+
+def test_global_quiet_flag_is_accepted_after_the_command() -> None:
+    from mimir.cli.app import global_flags_first
+
+    assert global_flags_first(["qc", "-q", "swap/"]) == ["-q", "qc", "swap/"]
+    assert global_flags_first(["predict", "a.zip", "--quiet", "-m", "x"]) == ["--quiet", "predict", "a.zip", "-m", "x"]
+    assert global_flags_first(["qc", "swap/", "--", "-q"]) == ["qc", "swap/", "--", "-q"]  # after -- it is a name
+    assert global_flags_first(["-q", "qc", "x"]) == ["-q", "qc", "x"]

@@ -245,3 +245,4 @@ def test_partial_file_from_an_earlier_run_is_resumed(tmp_path: Path, archives) -
     assert [q["range"] for q in reqs] == [f"bytes={len(data) // 3}-"]
     assert not part.exists()
     verify_module(get_module("demo_small"))
+

@@ -74,6 +74,14 @@ def test_installed_modules_are_joined(tmp_path: Path, monkeypatch: pytest.Monkey
     assert vat["cv"] == {"n": 9628, "icc": 0.995, "r2": 0.991, "mae": 0.155, "mape_percent": 5.2}
     assert vat["test"]["n"] == 14772
 
-    r = runner.invoke(_cli(), ["list-targets"])
+    r = runner.invoke(_cli(), ["list-targets"])  # no terminal: every column, tab-separated, nothing cut
     assert r.exit_code == 0, r.stderr
-    assert "AtlasVatVolume" in r.stdout and "demo@0.1" in r.stdout and "72 targets" in r.stdout
+    lines = r.stdout.splitlines()
+    assert lines[0].split("\t") == ["group", "target", "field", "unit", "cv_n", "cv_icc", "cv_r2", "cv_mae",
+                                     "cv_mape_percent", "test_n", "test_icc", "test_r2", "installed_modules",
+                                     "published_in"]
+    assert len(lines) == 73 and all(len(line.split("\t")) == 14 for line in lines)
+    rows = {line.split("\t")[1]: line.split("\t") for line in lines[1:]}
+    assert rows["AtlasVatVolume"][2:7] == ["22407", "L", "9628", "0.995", "0.991"]
+    assert rows["AtlasVatVolume"][12] == "demo@0.1" and rows["height"][13] == "module_experimental"
+    assert max(len(line) for line in lines) > 80  # not cut to a terminal's width

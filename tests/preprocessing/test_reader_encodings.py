@@ -19,7 +19,7 @@ def original(tmp_path_factory):
 @pytest.mark.parametrize("encoding", sorted(ENCODINGS))
 def test_encoding_gives_the_identical_image(original, tmp_path, encoding):
     if not encoding_available(encoding):
-        pytest.skip(f"no encoder for {encoding} here (pip install 'mimir[codecs]')")
+        pytest.skip(f"no encoder for {encoding} here (pip install 'ukb-mimir[codecs]')")
     zip_path, image = original
     other = reencode_zip(zip_path, tmp_path / f"{encoding}.zip", encoding)
     assert np.array_equal(preprocess(other, cache=False), image)
