@@ -17,7 +17,8 @@ with channels_last. Everything runs under ``torch.inference_mode``.
 A forward pass that runs out of (GPU) memory is retried once as it was, after
 freeing the allocator's cache (same shape: the same bits); if it fails again,
 the batch is run in halves, each padded to the half size, and every later
-batch of this predictor in pieces of that size too (the numbers then equal
+forward pass of this predictor has that size too (pieces, the last padded with
+blank images; the numbers then equal
 those of a run with that ``batch_size``; a warning says so and
 :meth:`Predictor.describe_device` names the size). One image at a time that
 still does not fit stops with :class:`OutOfMemory`.
@@ -303,7 +304,7 @@ class Predictor:
         while True:
             size = self.forward_size or n
             try:
-                if size >= n:
+                if self.forward_size is None:
                     return self._forward_once(images, features)
                 return self._forward_pieces(images, size, features)
             except Exception as exc:
