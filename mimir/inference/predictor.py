@@ -512,7 +512,7 @@ def _warn_reference_precision(module: str, reference: str, precision: str) -> No
     _warned_reference.add((module, reference, precision))
     _log.warning(
         "the OOD reference of %s was fitted on %s features, this run computes %s features: its OOD scores shift "
-        "(about +2 %% from bf16, docs/precision.md); use --precision %s for scores on the reference's scale",
+        "(by up to a few percent, docs/precision.md); use --precision %s for scores on the reference's scale",
         module, reference, precision, reference,
     )
 
