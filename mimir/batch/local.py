@@ -20,7 +20,10 @@
   that dies (e.g. killed for memory) cannot block the others: the main
   process sees its pipe close, records its subject as failed (stage
   ``worker``) and starts a replacement.
-- Each **inference process** loads every module once, collects batches of
+- Each **inference process** is pinned to its GPU: the one for ``cuda:N`` is
+  started with ``CUDA_VISIBLE_DEVICES`` naming only GPU N (N counted among the
+  GPUs the main process sees) and uses ``cuda:0`` inside, so it opens no
+  context on any other GPU (:func:`consumer_device`). It loads every module once, collects batches of
   up to B images and sends rows and JSON objects back. A batch runs when it
   is full, or when no further image has come for ``IDLE_FLUSH_S`` (the
   workers are slower, or the input is used up), so the first results come
@@ -189,11 +192,37 @@ def _get(q: Any) -> Any:
                 os._exit(0)
 
 
-def inference_main(cid: int, device: str, config: LocalConfig, image_q: Any, conn: Connection) -> None:
+def consumer_device(device: str, visible: str | None) -> tuple[str, dict[str, str]]:
+    """(device inside the child, environment to start it with) for an inference process on ``device``.
+
+    ``cuda:N`` becomes ``cuda:0`` in a child started with
+    ``CUDA_VISIBLE_DEVICES`` set to the N-th GPU this process sees
+    (``visible`` is this process's ``CUDA_VISIBLE_DEVICES``, None when unset:
+    all GPUs, numbered from 0). Any other device, or an index beyond the
+    visible list (the child then says so), is left as it is.
+    """
+    import re
+
+    m = re.fullmatch(r"cuda:(\d+)", device.strip().lower())
+    if m is None:
+        return device, {}
+    index = int(m.group(1))
+    if visible is None:
+        return "cuda:0", {"CUDA_VISIBLE_DEVICES": str(index)}
+    listed = [v.strip() for v in visible.split(",") if v.strip()]
+    if index >= len(listed):
+        return device, {}
+    return "cuda:0", {"CUDA_VISIBLE_DEVICES": listed[index]}
+
+
+def inference_main(cid: int, device: str, config: LocalConfig, image_q: Any, conn: Connection,
+                   label: str | None = None) -> None:
     """An inference process: images in, full batches through the modules, results out.
 
+    ``label``: the device as the user named it (``cuda:1``), shown in place of
+    ``device`` (``cuda:0`` in a child pinned by ``CUDA_VISIBLE_DEVICES``).
     Messages sent: ``("hello", cid, identity, device)`` or ``("fatal", cid, message)``
-    first; then ``("done", cid, [(idx, row, obj), ...], wait_s, busy_s)`` per
+    first; then ``("done", cid, [(idx, row, obj), ...], wait_s, busy_s, device)`` per
     batch; ``("bye", cid)`` after the ``None`` image.
     """
     _ignore_stop_signals()
@@ -210,7 +239,11 @@ def inference_main(cid: int, device: str, config: LocalConfig, image_q: Any, con
     except Exception as exc:  # noqa: BLE001 - reported as one line, the run stops
         _send(conn, ("fatal", cid, f"the inference process could not start ({type(exc).__name__}: {exc})"))
         return
-    _send(conn, ("hello", cid, stage.identity(), stage.describe()))
+    def describe() -> str:
+        text = stage.describe()
+        return label + text[len(device):] if label and label != device and text.startswith(device) else text
+
+    _send(conn, ("hello", cid, stage.identity(), describe()))
     pending: list[tuple[int, str, str, Any]] = []
     wait_s = 0.0
 
@@ -227,7 +260,7 @@ def inference_main(cid: int, device: str, config: LocalConfig, image_q: Any, con
         busy = time.perf_counter() - t0
         results = [(p[0], o.row, o.obj if o.ok else {"stage": o.stage, "message": o.message})
                    for p, o in zip(pending, outcomes)]  # row None: the prediction failed (stage, message)
-        _send(conn, ("done", cid, results, wait_s, busy))
+        _send(conn, ("done", cid, results, wait_s, busy, describe()))
         pending.clear()
         wait_s = 0.0
         return True
@@ -302,6 +335,16 @@ class LocalEngine:
         self.config = config
         self.ctx = mp.get_context("spawn")
 
+    def device_type(self) -> str:
+        """``cpu``, ``cuda`` or ``mps``: where the inference processes will run (for the validity key)."""
+        from mimir.utils.devices import device_type
+
+        types = {device_type(d) for d in self.config.devices}
+        return types.pop() if len(types) == 1 else "+".join(sorted(types))
+
+    def close(self) -> None:
+        """Nothing to release: each run's processes are stopped at its end."""
+
     def run(self, todo: Sequence[InputFile], hooks: Hooks, monitor: Monitor) -> EngineReport:
         """Process ``todo``; call ``hooks.outcome`` once per subject as it finishes."""
         if not todo:
@@ -346,11 +389,14 @@ class _Run:
         return w
 
     def start_consumers(self) -> None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         for cid, device in enumerate(self.cfg.devices):
             ours, theirs = self.ctx.Pipe(duplex=False)
-            p = self.ctx.Process(target=inference_main, args=(cid, device, self.cfg, self.image_q, theirs),
+            inner, env = consumer_device(device, visible)
+            p = self.ctx.Process(target=inference_main, args=(cid, inner, self.cfg, self.image_q, theirs, device),
                                  name=f"mimir-inference-{cid}", daemon=True)
-            p.start()
+            with _environment(env):
+                p.start()
             theirs.close()
             self.consumers.append((p, ours))
 
@@ -436,10 +482,10 @@ class _Run:
         elif kind == "fatal":
             raise EngineError(msg[2])
         elif kind == "done":
-            _, _, results, wait_s, busy = msg
+            _, _, results, wait_s, busy, device = msg
+            self.described[cid] = device  # it changes when the process ran out of memory and split its batches
             for idx, row, obj in results:
                 f = self.todo[idx]
-                device = self.described.get(cid)
                 if row is None:
                     outcome = Outcome(f.name, f.path, stage=obj["stage"], message=obj["message"], device=device)
                     self.finish(idx, outcome, f"failed: {f.path}: {obj['message']}")
@@ -460,7 +506,18 @@ class _Run:
                 return
             self.buffer.popleft()
 
+    def waiting_for(self) -> str:
+        """What the run is waiting for, in words (for the monitor's stall warning)."""
+        busy = sum(1 for w in self.workers if w.task is not None)
+        ready = len(self.described)
+        return (
+            f"{busy} of {len(self.workers)} preprocessing process(es) hold a subject, {len(self.buffer)} image(s) "
+            f"wait for room in the queue, {ready} of {len(self.consumers)} inference process(es) have loaded "
+            "their modules"
+        )
+
     def loop(self) -> EngineReport:
+        self.monitor.waiting_for = self.waiting_for
         self.start_consumers()
         self.workers = [self.start_worker() for _ in range(self.n_workers)]
         while len(self.byes) < len(self.consumers):

@@ -94,7 +94,7 @@ def merge_outputs(
             )
         if run["key"] != key or run["columns"] != header:
             raise UsageError(
-                f"was made with other modules, pipeline version or interval level than {folders[0]}", path=str(f),
+                f"was made with other modules, pipeline version, interval level, precision or device type than {folders[0]}", path=str(f),
                 hint="Merge only folders of the same run.",
             )
     result = MergeResult()

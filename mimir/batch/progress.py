@@ -11,8 +11,13 @@ monitor shows, over the last :data:`WINDOW_S` seconds,
   GPU/inference stage is the bottleneck).
 
 :class:`RichMonitor` draws a live display on a terminal; :class:`LogMonitor`
-prints a plain line every ``interval`` seconds (for SLURM logs and pipes).
-Neither shows subject names: failures are printed with the path the user gave.
+prints a plain line every ``interval`` seconds from the start, whether or not a
+subject has finished (for SLURM logs and pipes). When no subject has finished
+for ``stall_after`` seconds (default :data:`STALL_AFTER_S`), either prints one
+warning with what the engine is waiting for (the engine sets
+:attr:`Monitor.waiting_for`; the Ray engine names the cluster's free CPUs and
+GPUs against what its actors and tasks need). Neither shows subject names:
+failures are printed with the path the user gave.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,6 +34,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Seconds over which speeds and waiting shares are measured.
 WINDOW_S = 30.0
+#: Seconds without a finished subject before the one warning saying what the run waits for.
+STALL_AFTER_S = 180.0
+#: Seconds between two status lines of :class:`LogMonitor`.
+STATUS_INTERVAL_S = 30.0
 
 
 @dataclass
@@ -73,6 +83,12 @@ class Monitor:
     failed: int = 0
     started: float = field(default_factory=time.monotonic)
     totals: StageTotals = field(default_factory=StageTotals)
+    #: seconds without a finished subject before one warning (None: never warn)
+    stall_after: float | None = STALL_AFTER_S
+    #: what the engine is waiting for, in words; set by the engine for the stall warning
+    waiting_for: Callable[[], str] | None = None
+    _last_progress: float = field(default_factory=time.monotonic)
+    _stall_warned: bool = False
     _history: deque[tuple[float, int, StageTotals]] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -81,7 +97,8 @@ class Monitor:
     def begin(self, total: int, done_before: int = 0) -> None:
         """``total`` subjects to process in this run; ``done_before`` already done."""
         self.total, self.done_before = total, done_before
-        self.started = time.monotonic()
+        self.started = self._last_progress = time.monotonic()
+        self._stall_warned = False
         self._history.clear()
         self._history.append((self.started, 0, self.totals.copy()))
         self.show()
@@ -93,6 +110,8 @@ class Monitor:
                 self.ok += 1
             else:
                 self.failed += 1
+            self._last_progress = time.monotonic()
+            self._stall_warned = False
         if failure:
             self.print_line(failure)
 
@@ -115,6 +134,24 @@ class Monitor:
             while len(self._history) > 2 and now - self._history[1][0] > WINDOW_S:
                 self._history.popleft()
         self.show()
+        self._check_stall(now)
+
+    def _check_stall(self, now: float) -> None:
+        """Warn once per stall when no subject has finished for ``stall_after`` seconds."""
+        if self.stall_after is None or self._stall_warned or not self.remaining:
+            return
+        quiet = now - self._last_progress
+        if quiet < self.stall_after:
+            return
+        self._stall_warned = True
+        try:
+            detail = self.waiting_for() if self.waiting_for is not None else ""
+        except Exception as exc:  # noqa: BLE001 - a warning must not stop the run
+            detail = f"(could not ask the engine: {type(exc).__name__})"
+        self.print_line(
+            f"warning: no subject has finished for {format_duration(quiet)}"
+            + (f"; waiting for: {detail}" if detail else "")
+        )
 
     def end(self) -> None:
         """The run is over (finished or not): final refresh, release the display."""
@@ -199,24 +236,32 @@ def format_duration(seconds: float | None) -> str:
 
 
 class LogMonitor(Monitor):
-    """Plain progress lines on a console, at most one every ``interval`` seconds."""
+    """Plain progress lines on a console: one every ``interval`` seconds from the start, the first
+    result at once, and the final count."""
 
-    def __init__(self, console: Console, interval: float = 30.0) -> None:
-        super().__init__()
+    def __init__(self, console: Console, interval: float = STATUS_INTERVAL_S,
+                 stall_after: float | None = STALL_AFTER_S) -> None:
+        super().__init__(stall_after=stall_after)
         self.console = console
         self.interval = interval
-        self._last = 0.0
+        self._last = time.monotonic()
         self._shown = -1  # subjects processed at the last line printed
+
+    def begin(self, total: int, done_before: int = 0) -> None:
+        self._last = time.monotonic()  # the first status line comes ``interval`` seconds from now
+        super().begin(total, done_before)
 
     def _line(self) -> None:
         self._shown = self.processed
         self.console.print(f"batch: {self.summary()}", highlight=False, soft_wrap=True, markup=False)
 
     def show(self) -> None:
+        if not self.total:
+            return
         now = time.monotonic()
-        if self.total and self.processed and self.processed != self._shown and (
-            now - self._last >= self.interval or self.processed == self.total
-        ):
+        first = self.processed and self._shown <= 0
+        final = self.processed == self.total and self.processed != self._shown
+        if first or final or now - self._last >= self.interval:
             self._last = now
             self._line()
 
@@ -232,8 +277,9 @@ class LogMonitor(Monitor):
 class RichMonitor(Monitor):
     """A live Rich display: bar, counts, speed, ETA, and what the stages wait on."""
 
-    def __init__(self, console: Console, refresh_per_second: float = 4.0) -> None:
-        super().__init__()
+    def __init__(self, console: Console, refresh_per_second: float = 4.0,
+                 stall_after: float | None = STALL_AFTER_S) -> None:
+        super().__init__(stall_after=stall_after)
         from rich.live import Live
 
         self.console = console

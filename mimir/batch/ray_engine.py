@@ -15,6 +15,13 @@ paths on every node, and the modules installed on every node (or
 ``MIMIR_HOME`` on a shared file system); ``MIMIR_HOME`` and ``MIMIR_CACHE``
 of the driver are passed to the tasks.
 
+Sizing a cluster: the actor pool holds one GPU per actor (or, without GPUs,
+one CPU for its single actor) for the whole run, and each preprocessing task
+needs one more CPU and :data:`PREPROCESS_MEMORY` of memory. A cluster whose
+only CPU is held by the actor can never preprocess: the run then waits, the
+status line keeps coming every 30 s, and after a few minutes one warning names
+the free CPUs and GPUs against these needs (docs/ray.md).
+
 Ray is imported only here, lazily; without it ``--engine ray`` fails with a
 one-line hint saying how to install the ``ray`` extra (:func:`mimir.utils.install.extra_hint`).
 """
@@ -26,6 +33,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +54,8 @@ MAX_ROWS_PER_BLOCK = 8
 #: Reserving it also keeps Ray Data from fusing preprocessing into the inference actors (their
 #: resources differ), so preprocessing stays a pool of CPU tasks.
 PREPROCESS_MEMORY = 1 << 30
+#: Seconds between two monitor ticks while the driver waits for Ray (status lines, stall warning).
+HEARTBEAT_S = 1.0
 #: Environment variables handed from the driver to every task and actor.
 _FORWARDED_ENV = ("MIMIR_HOME", "MIMIR_CACHE")
 
@@ -145,6 +155,54 @@ class RayEngine:
         self.expected = list(expected)
         self.address = address
         self.ray = import_ray()
+        self._started_here = False
+
+    def _connect(self) -> None:
+        """Start or join Ray (once); a Ray started here is shut down by :meth:`close`."""
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+        ray.init(
+            address=self.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+            runtime_env={"env_vars": env} if env else None,
+        )
+        self._started_here = True
+
+    def close(self) -> None:
+        """Shut Ray down if this engine started it."""
+        if self._started_here:
+            self._started_here = False
+            with contextlib.suppress(Exception):
+                self.ray.shutdown()
+
+    def device_type(self) -> str:
+        """``cpu``, ``cuda`` or ``mps``: where the inference actors will run (for the validity key).
+
+        With ``--device auto`` this joins the cluster to see whether it has GPUs.
+        """
+        device = self.config.devices[0] if self.config.devices else "auto"
+        if device.strip().lower() in ("cpu", "mps"):
+            return device.strip().lower()
+        if device.strip().lower() != "auto":
+            return "cuda"
+        self._connect()
+        return "cuda" if self._actors(self.ray)[2] == "cuda" else "cpu"
+
+    def waiting_for(self, n_actors: int, gpus_per_actor: float) -> str:
+        """The cluster's free resources against what the pipeline needs, in words."""
+        ray = self.ray
+        free, total = ray.available_resources(), ray.cluster_resources()
+        cpus, gpus = free.get("CPU", 0.0), free.get("GPU", 0.0)
+        actor = f"{n_actors} inference actor(s) x {'1 GPU' if gpus_per_actor else '1 CPU'}"
+        text = (
+            f"the Ray cluster has {cpus:g} of {total.get('CPU', 0.0):g} CPU(s) and {gpus:g} of "
+            f"{total.get('GPU', 0.0):g} GPU(s) free; the pipeline holds {actor} for the whole run and each "
+            f"preprocessing task needs 1 CPU and {PREPROCESS_MEMORY / 2**30:.0f} GiB of memory"
+        )
+        if cpus < 1:
+            text += "; no CPU is free for preprocessing: add CPUs to the cluster (docs/ray.md)"
+        return text
 
     def _actors(self, ray: Any) -> tuple[int, float, str]:
         """(actor count, GPUs per actor, device) from the cluster's resources and the options."""
@@ -166,13 +224,7 @@ class RayEngine:
         if not todo:
             return report
         env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-        started_here = False
-        if not ray.is_initialized():
-            ray.init(
-                address=self.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-                runtime_env={"env_vars": env} if env else None,
-            )
-            started_here = True
+        self._connect()
         quiet = logging.getLogger("ray.data")
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # Ray Data's own progress and plan logs: we show ours
@@ -184,9 +236,7 @@ class RayEngine:
             raise EngineError(f"the Ray pipeline failed: {_root_cause(exc)}") from None
         finally:
             quiet.setLevel(level)
-            if started_here:
-                with contextlib.suppress(Exception):
-                    ray.shutdown()
+            self.close()
 
     def _run(
         self, ray: Any, todo: Sequence[InputFile], hooks: Hooks, monitor: Monitor, env: dict[str, str],
@@ -229,6 +279,26 @@ class RayEngine:
 
         seen_devices: set[str] = set()
         done: set[int] = set()
+        monitor.waiting_for = lambda: self.waiting_for(n_actors, gpus_per_actor)
+        stop = threading.Event()
+
+        def heartbeat() -> None:  # the driver blocks in iter_rows: tick from here (status lines, stall warning)
+            while not stop.wait(HEARTBEAT_S):
+                monitor.tick()
+
+        beat = threading.Thread(target=heartbeat, name="mimir-ray-heartbeat", daemon=True)
+        beat.start()
+        try:
+            return self._collect(ds, todo, hooks, monitor, report, seen_devices, done)
+        finally:
+            stop.set()
+            beat.join(timeout=5)
+
+    def _collect(
+        self, ds: Any, todo: Sequence[InputFile], hooks: Hooks, monitor: Monitor, report: EngineReport,
+        seen_devices: set[str], done: set[int],
+    ) -> EngineReport:
+        """Read the pipeline's rows as they arrive: one outcome per subject."""
         for row in ds.iter_rows():
             idx = int(row["idx"])
             f = todo[idx]

@@ -12,9 +12,12 @@ fsynced: a record torn by a power cut is unreadable JSON, which counts as
 A record holds the CSV row and the JSON object exactly as ``predict`` writes
 them (or the failing stage and a one-line message), the validity key, and
 provenance. The **validity key** is the pipeline version, the identity of
-every module (name, version, member sha256s, module.json digest) in order, and
-the interval level. A record counts as done only when its key equals the
-current run's key; any other record is redone.
+every module (name, version, member sha256s, module.json digest) in order, the
+interval level, the output schema, the resolved precision (``fp32`` or
+``bf16``) and the device type (``cpu``, ``cuda`` or ``mps``). A record counts
+as done only when its key equals the current run's key; any other record is
+redone (so a run resumed under another precision or on another kind of device
+redoes its subjects rather than mixing numbers of two settings).
 
 The final ``predictions.csv``, ``predictions.json`` and ``errors.csv`` are
 rebuilt from the records of the run's subjects, sorted by subject name, so
@@ -56,11 +59,15 @@ STAGE_WORKER = "worker"  # the preprocessing process died (e.g. killed for memor
 STAGE_INFERENCE = "inference"  # the prediction is not finite (names the module and target)
 
 
-def run_key(pipeline_version: str, modules: Sequence[Mapping[str, Any]], level: float) -> dict[str, Any]:
-    """The validity key of a run: pipeline version, module identities (in order), interval level, output schema.
+def run_key(
+    pipeline_version: str, modules: Sequence[Mapping[str, Any]], level: float, *, precision: str, device_type: str
+) -> dict[str, Any]:
+    """The validity key of a run: pipeline version, module identities (in order), interval level, output schema,
+    resolved precision (``fp32``/``bf16``) and device type (``cpu``/``cuda``/``mps``).
 
     A record made under another output schema (docs/outputs.md) is redone, so
-    every row of a run has the same columns.
+    every row of a run has the same columns; one made under another precision
+    or device type too, so every row of a run was computed the same way.
     """
     from mimir.outputs.writers import SCHEMA_VERSION
 
@@ -69,6 +76,8 @@ def run_key(pipeline_version: str, modules: Sequence[Mapping[str, Any]], level: 
         "modules": [dict(m) for m in modules],
         "level": float(level),
         "output_schema": SCHEMA_VERSION,
+        "precision": precision,
+        "device_type": device_type,
     }
 
 

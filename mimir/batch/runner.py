@@ -1,8 +1,8 @@
 """A batch run from start to end: plan, process, write the outputs.
 
 1. **Plan**: find the subjects (:mod:`mimir.batch.inputs`), keep this shard's,
-   work out the validity key from the modules, pipeline version and level,
-   and sort the subjects into done (a valid record exists) and to do.
+   work out the validity key from the modules, pipeline version, level and the
+   resolved precision and device type, and sort the subjects into done (a valid record exists) and to do.
 2. **Process** the subjects to do with an engine (local processes or Ray);
    every finished subject is recorded at once (:mod:`mimir.batch.records`).
 3. **Write** ``predictions.csv``, ``predictions.json`` and ``errors.csv``
@@ -267,12 +267,15 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
     from mimir.inference.predictor import resolve_modules
     from mimir.preprocessing.pipeline import PIPELINE_VERSION
 
+    from mimir.utils.devices import precision_name
+
     started_wall = time.monotonic()
     started_at = _now()
     _check(opts)
+    precision = precision_name(opts.precision)  # auto is exact fp32 on every device
     num_shards, shard_index = resolve_shard(opts.num_shards, opts.shard_index)
     specs = resolve_modules(opts.modules or None)
-    key = run_key(PIPELINE_VERSION, [s.identity() for s in specs], opts.level)
+    identities = [s.identity() for s in specs]
     header = columns_for(specs)
     out = Path(opts.out_dir).expanduser()
     try:
@@ -287,6 +290,25 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
     atomic.check_writable_dir(out, create=False)  # a real write: permissions, read-only mounts, root
     workers = opts.workers or usable_cpus()  # the Ray engine leaves it to Ray unless given
     devices = opts.devices()
+    engine = _make_engine(opts, workers, devices, identities, precision)
+    try:
+        key = run_key(PIPELINE_VERSION, identities, opts.level, precision=precision,
+                      device_type=engine.device_type())
+        return _execute(opts, monitor, engine, key, header, out, workers, devices, (num_shards, shard_index),
+                        (started_wall, started_at))
+    finally:
+        engine.close()
+
+
+def _execute(
+    opts: BatchOptions, monitor: Monitor, engine: Any, key: dict[str, Any], header: list[str], out: Path,
+    workers: int, devices: list[str], shard: tuple[int, int], started: tuple[float, str],
+) -> BatchResult:
+    """:func:`execute` once the engine and the validity key are known."""
+    from mimir.preprocessing.pipeline import PIPELINE_VERSION
+
+    num_shards, shard_index = shard
+    started_wall, started_at = started
 
     with _locked(out), _sigterm_as_interrupt():
         everything = discover(opts.input, skip=out)
@@ -315,7 +337,9 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
             "address": opts.address,
             "devices_requested": devices,
             "devices": [],
-            "precision": opts.precision,
+            "precision": key["precision"],
+            "precision_requested": opts.precision,
+            "device_type": key["device_type"],
             "workers": workers if opts.engine == "local" else opts.workers,
             "batch_size": opts.batch_size,
             "queue_size": None,
@@ -346,7 +370,7 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
                 path=str(out), hint="Free space or fix the folder's permissions, then run again.",
             ) from None
 
-        provenance_base = {"mimir_version": __version__, "engine": opts.engine, "precision": opts.precision,
+        provenance_base = {"mimir_version": __version__, "engine": opts.engine, "precision": key["precision"],
                            "batch_size": opts.batch_size}
         ready_devices: list[str] = []
 
@@ -376,7 +400,6 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
                     with contextlib.suppress(FileNotFoundError):
                         (out / name).unlink()
                 monitor.begin(len(todo), len(status.ok) + len(status.failed))
-                engine = _make_engine(opts, workers, devices, key["modules"])
                 run["queue_size"] = getattr(getattr(engine, "config", None), "image_queue_size", None)
                 from mimir.batch.local import Hooks
 
@@ -447,13 +470,16 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
     )
 
 
-def _make_engine(opts: BatchOptions, workers: int, devices: Sequence[str], expected: list[dict[str, Any]]) -> Any:
+def _make_engine(
+    opts: BatchOptions, workers: int, devices: Sequence[str], expected: list[dict[str, Any]], precision: str
+) -> Any:
+    """The engine of ``opts.engine``; ``precision`` is the resolved one (``fp32``/``bf16``), given to every child."""
     from mimir.batch.local import LocalConfig
 
     config = LocalConfig(
         modules=opts.modules or None, devices=list(devices),
         workers=(opts.workers or 0) if opts.engine == "ray" else workers, batch_size=opts.batch_size,
-        level=opts.level, precision=opts.precision, cache=opts.cache, queue_size=opts.queue_size, threads=opts.threads,
+        level=opts.level, precision=precision, cache=opts.cache, queue_size=opts.queue_size, threads=opts.threads,
         preprocess=opts.preprocess,
     )
     if opts.engine == "ray":

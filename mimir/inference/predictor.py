@@ -9,9 +9,19 @@ member's sha256), puts it on the chosen device, and maps uint8 image batches
 >>> results = p.predict_files(["1000001_20201_2_0.zip"])      # list[SubjectResult]
 >>> results = p.predict_images(images, names)                  # already decoded
 
-The network sees the uint8 values as float32 0..255 (no normalisation). On a
-CUDA GPU the default is bf16 autocast and channels_last (``precision="fp32"``
-turns both off). Everything runs under ``torch.inference_mode``.
+The network sees the uint8 values as float32 0..255 (no normalisation). The
+default is exact float32 on every device (on CUDA with TF32 off, see
+:mod:`mimir.utils.devices`); ``precision="bf16"`` is the opt-in bf16 autocast
+with channels_last. Everything runs under ``torch.inference_mode``.
+
+A forward pass that runs out of (GPU) memory is retried once as it was, after
+freeing the allocator's cache (same shape: the same bits); if it fails again,
+the batch is run in halves, each padded to the half size, and every later
+forward pass of this predictor has that size too (pieces, the last padded with
+blank images; the numbers then equal
+those of a run with that ``batch_size``; a warning says so and
+:meth:`Predictor.describe_device` names the size). One image at a time that
+still does not fit stops with :class:`OutOfMemory`.
 """
 
 from __future__ import annotations
@@ -48,6 +58,24 @@ if TYPE_CHECKING:  # pragma: no cover
 
 IMAGE_SHAPE = (3, 256, 256)
 DEFAULT_BATCH = 16
+
+_log = logging.getLogger("mimir")
+#: (module name, reference precision, run precision) already warned about in this process
+_warned_reference: set[tuple[str, str, str]] = set()
+
+
+class OutOfMemory(MimirError):
+    """Even one image per forward pass does not fit in the device's memory."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device running out of memory (torch's OOM, or cuDNN/cuBLAS failing to allocate)."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "_ALLOC_FAILED" in text)
 
 
 #: The one line shown when ``predict`` or ``batch`` find no module to apply by default.
@@ -157,7 +185,8 @@ class Predictor:
     device, gpu:
         ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; ``gpu=N`` is ``cuda:N``.
     precision:
-        ``auto`` (bf16 + channels_last on CUDA, fp32 elsewhere), ``fp32``, ``bf16``.
+        ``auto`` and ``fp32``: exact float32 (TF32 off on CUDA); ``bf16``: the
+        opt-in bf16 autocast (channels_last on CUDA), see docs/precision.md.
     batch_size:
         Images per forward pass in :meth:`predict_files`.
     level:
@@ -192,6 +221,8 @@ class Predictor:
         self.device = resolve_device(device, gpu)
         self.precision = resolve_precision(precision, self.device)
         self.channels_last = self.device.type == "cuda" and self.precision != "fp32"
+        #: images per forward pass after running out of memory (None: the whole batch at once)
+        self.forward_size: int | None = None
         specs = resolve_modules(modules)
         self.layout: list[OutputTarget] = layout_of_specs(specs)
         self.loaded: list[LoadedModule] = []
@@ -205,6 +236,8 @@ class Predictor:
                 nets.append(net.eval())
             n = spec.num_targets
             reference = spec.load_reference(verify=verify)
+            if reference is not None:
+                _warn_reference_precision(spec.name, reference.feature_precision, self.precision)
             self.loaded.append(LoadedModule(spec, nets, self.layout[offset : offset + n], reference))
             offset += n
 
@@ -225,7 +258,10 @@ class Predictor:
     def describe_device(self) -> str:
         from mimir.utils.devices import describe
 
-        return describe(self.device, self.precision)
+        text = describe(self.device, self.precision)
+        if self.forward_size is not None:
+            text += f" [forward passes of {self.forward_size} images after running out of memory]"
+        return text
 
     # ------------------------------------------------------------------ numerics
 
@@ -259,8 +295,72 @@ class Predictor:
         """Per module, (raw outputs (K, B, 2T) float64, pooled features (K, B, d) float32 or None).
 
         Features are returned (from the same forward pass) when ``features`` is
-        true or the module has an OOD reference.
+        true or the module has an OOD reference. Out of memory: see the module
+        docstring (retry as is, then halves padded to the half size).
         """
+        if getattr(images, "ndim", 0) == 3:
+            images = images[None]
+        n = int(images.shape[0])
+        retried = False
+        while True:
+            size = self.forward_size or n
+            try:
+                if self.forward_size is None:
+                    return self._forward_once(images, features)
+                return self._forward_pieces(images, size, features)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+            self._free_memory()
+            if not retried:
+                retried = True  # the same shape once more: fragmentation or another process's peak
+                continue
+            if size <= 1:
+                raise OutOfMemory(
+                    f"out of memory on {self.device} even with one image per forward pass",
+                    hint="Close other programs using this device, apply fewer modules per run (-m), "
+                    "or use --device cpu.",
+                )
+            self.forward_size = (size + 1) // 2
+            _log.warning(
+                "out of memory on %s with %d images per forward pass: going on with %d (the numbers from now on "
+                "equal those of --batch-size %d; lower --batch-size to avoid this)",
+                self.device, size, self.forward_size, self.forward_size,
+            )
+
+    def _free_memory(self) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _forward_pieces(self, images: np.ndarray | Any, size: int, features: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """:meth:`_forward_once` over pieces of ``size`` images, the last padded with blank images (dropped)."""
+        n = int(images.shape[0])
+        parts: list[list[tuple[np.ndarray, np.ndarray | None]]] = []
+        for start in range(0, n, size):
+            piece = images[start : start + size]
+            m = int(piece.shape[0])
+            if m < size:
+                blank = np.zeros((size - m, *IMAGE_SHAPE), dtype=np.uint8)
+                if isinstance(piece, np.ndarray):
+                    piece = np.concatenate([piece, blank])
+                else:
+                    import torch
+
+                    piece = torch.cat([piece, torch.from_numpy(blank).to(piece.device, piece.dtype)])
+            parts.append([(raw[:, :m], None if f is None else f[:, :m]) for raw, f in self._forward_once(piece, features)])
+        return [
+            (np.concatenate([p[i][0] for p in parts], axis=1),
+             None if parts[0][i][1] is None else np.concatenate([p[i][1] for p in parts], axis=1))  # type: ignore[misc]
+            for i in range(len(self.loaded))
+        ]
+
+    def _forward_once(self, images: np.ndarray | Any, features: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """:meth:`_forward` of the whole batch in one pass per member."""
         import torch
 
         x = self._to_input(images)
@@ -430,6 +530,18 @@ class Predictor:
             if on_progress is not None:
                 on_progress(len(chunk))
         return records
+
+
+def _warn_reference_precision(module: str, reference: str, precision: str) -> None:
+    """Warn once per process when a module's OOD reference was fitted at another precision than the run's."""
+    if reference == precision or (module, reference, precision) in _warned_reference:
+        return
+    _warned_reference.add((module, reference, precision))
+    _log.warning(
+        "the OOD reference of %s was fitted on %s features, this run computes %s features: its OOD scores shift "
+        "(by up to a few percent, docs/precision.md); use --precision %s for scores on the reference's scale",
+        module, reference, precision, reference,
+    )
 
 
 def predict(

@@ -130,6 +130,7 @@ def fit_module_reference(
         ref = fit_reference(all_feats[:, :0], all_feats, quantile=quantile, seed=seed)
     except ValueError as exc:
         raise UsageError(f"cannot fit a reference: {exc}", path=spec.name) from None
+    ref.feature_precision = predictor.precision  # fp32 unless the caller opted into bf16
     fitted: dict[str, Any] = {
         "by": "mimir fit-reference",
         "images": "the user's images (not the module's training data)",

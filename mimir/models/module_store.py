@@ -193,6 +193,7 @@ def write_module(
                 threshold=ood_reference.threshold,
                 quantile=ood_reference.quantile,
                 fitted=dict(ood_fitted or {}),
+                feature_precision=ood_reference.feature_precision,
             )
         (tmp / MODULE_JSON).write_text(spec.dumps(), encoding="utf-8")
         _ordinary_modes(tmp)
@@ -231,7 +232,8 @@ def set_reference(spec: ModuleSpec, ref: OodReference, *, fitted: Mapping[str, A
     fname = f"{stem}-{sha[:16]}.{suffix}"
     write_bytes(spec.path / fname, data)
     new = copy.copy(spec)
-    new.ood = OodSpec(file=fname, sha256=sha, threshold=ref.threshold, quantile=ref.quantile, fitted=dict(fitted or {}))
+    new.ood = OodSpec(file=fname, sha256=sha, threshold=ref.threshold, quantile=ref.quantile, fitted=dict(fitted or {}),
+                      feature_precision=ref.feature_precision)
     write_text(spec.path / MODULE_JSON, new.dumps())
     old = spec.ood.file if spec.ood is not None else None
     if old is not None and old != fname:

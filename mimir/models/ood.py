@@ -25,7 +25,11 @@ scatter), and an image scoring above 1 is flagged ``out_of_distribution:<module>
 
 The arrays live in ``ood_reference.safetensors`` (tensors ``mean``: (G, D)
 float32, ``precision``: (G, D, D) float32), named and hashed in
-``module.json`` under ``ood_reference`` (:class:`OodSpec`). Pure NumPy except
+``module.json`` under ``ood_reference`` (:class:`OodSpec`), with the
+precision of the features it was fitted on (``feature_precision``: ``fp32``,
+or ``bf16`` for a reference fitted under ``--precision bf16``; a module.json
+without the field was fitted in fp32, the only precision of earlier
+versions). Pure NumPy except
 :func:`pooled_features` and the file functions, which import torch /
 safetensors lazily.
 """
@@ -57,6 +61,8 @@ DEFAULT_QUANTILE = 0.995
 #: Fewest images accepted for the mean/covariance and for the calibration.
 MIN_FIT = 20
 MIN_CALIBRATION = 20
+#: Precisions a reference's features may have been computed in (``mimir.utils.devices``).
+FEATURE_PRECISIONS = ("fp32", "bf16")
 #: Largest concatenated feature vector modelled with one joint covariance (4096: a 64 MiB precision).
 MAX_JOINT = 4096
 
@@ -131,7 +137,8 @@ class OodReference:
 
     ``mean`` (G, D) and ``precision`` (G, D, D) float64 (G groups of the
     members' concatenated features, see :func:`grouped`); ``threshold`` the
-    raw score at ``quantile`` of the calibration images.
+    raw score at ``quantile`` of the calibration images; ``feature_precision``
+    the precision (``fp32`` or ``bf16``) of the features it was fitted on.
     """
 
     mean: np.ndarray
@@ -139,6 +146,7 @@ class OodReference:
     threshold: float
     quantile: float = DEFAULT_QUANTILE
     shrinkage: list[float] = field(default_factory=list)
+    feature_precision: str = "fp32"
 
     @property
     def groups(self) -> int:
@@ -253,6 +261,9 @@ class OodSpec:
     method: str = METHOD
     #: how the reference was fitted: images, counts, command (free-form, JSON-serialisable)
     fitted: dict[str, Any] = field(default_factory=dict)
+    #: precision of the features it was fitted on; None: absent from module.json (an older reference,
+    #: fitted in fp32), and kept absent so that the module.json digest of older modules stays as it was
+    feature_precision: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -261,6 +272,7 @@ class OodSpec:
             "method": self.method,
             "threshold": self.threshold,
             "quantile": self.quantile,
+            **({"feature_precision": self.feature_precision} if self.feature_precision is not None else {}),
             "fitted": self.fitted,
         }
 
@@ -287,8 +299,12 @@ class OodSpec:
             raise bad("threshold missing or not a number") from None
         if not (math.isfinite(thr) and thr > 0 and 0 < q < 1):
             raise bad("threshold must be a positive number and quantile in (0, 1)")
+        fp = d.get("feature_precision")
+        if fp is not None and fp not in FEATURE_PRECISIONS:
+            raise bad(f"feature_precision must be one of {', '.join(FEATURE_PRECISIONS)}, got {fp!r}")
         fitted = d.get("fitted") or {}
-        return cls(file=f, sha256=h, threshold=thr, quantile=q, fitted=dict(fitted) if isinstance(fitted, Mapping) else {})
+        return cls(file=f, sha256=h, threshold=thr, quantile=q, fitted=dict(fitted) if isinstance(fitted, Mapping) else {},
+                   feature_precision=fp)
 
 
 # --------------------------------------------------------------------------- files
@@ -331,7 +347,8 @@ def load_reference(folder: Path, spec: OodSpec, *, module: str, size: int | None
         )
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(prec))):
         raise ModuleError(f"OOD reference {spec.file} holds non-finite values", path=module, hint=hint)
-    return OodReference(mean=mean, precision=prec, threshold=spec.threshold, quantile=spec.quantile)
+    return OodReference(mean=mean, precision=prec, threshold=spec.threshold, quantile=spec.quantile,
+                        feature_precision=spec.feature_precision or "fp32")
 
 
 def feature_dim(width: int) -> int:

@@ -76,7 +76,7 @@ def test_merge_refuses_folders_of_different_runs(tmp_path: Path) -> None:
     run["key"]["level"] = 0.9
     (b / "run.json").write_text(json.dumps(run))
     r = merge([str(a), str(b), "-o", str(tmp_path / "m")])
-    assert r.exit_code == 1 and "other modules, pipeline version or interval level" in r.stderr
+    assert r.exit_code == 1 and "other modules, pipeline version, interval level, precision or device type" in r.stderr
     r = merge([str(a), str(tmp_path / "nothing"), "-o", str(tmp_path / "m")])
     assert r.exit_code == 1 and "not a mimir batch output folder" in r.stderr
     r = merge([str(a), "-o", str(a)])
