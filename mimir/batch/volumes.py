@@ -47,17 +47,29 @@ def _sha256(path: str | os.PathLike[str]) -> str:
 
 
 def volumes_done(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], contrasts: tuple[str, ...],
-                 sha256: str | None = None) -> bool:
-    """True when ``out_dir`` already holds valid volumes of this zip for ``contrasts`` (see :func:`~mimir.outputs.nifti.sidecar_valid`)."""
+                 *, quick: bool = False) -> bool:
+    """True when ``out_dir`` already holds valid volumes of this zip for ``contrasts`` (see :func:`~mimir.outputs.nifti.sidecar_valid`).
+
+    The zip is identified by its sha256, or with ``quick`` (a batch run's
+    resume scan, which must not read a whole release) by its name and size.
+    """
     from mimir.preprocessing.pipeline import PIPELINE_VERSION
 
-    if nifti.read_sidecar(out_dir, stem_of(path)) is None:
+    sidecar = nifti.read_sidecar(out_dir, stem_of(path))
+    if sidecar is None:
         return False  # no hashing for the common case of nothing written yet
+    source = sidecar.get("source")
     try:
-        digest = sha256 or _sha256(path)
+        if quick:
+            size = os.path.getsize(path)
+            if not isinstance(source, dict) or source.get("bytes") != size or source.get("file") != Path(path).name:
+                return False
+            digest = source.get("sha256")
+        else:
+            digest = _sha256(path)
     except OSError:
         return False
-    return nifti.sidecar_valid(out_dir, stem_of(path), digest, contrasts, PIPELINE_VERSION)
+    return isinstance(digest, str) and nifti.sidecar_valid(out_dir, stem_of(path), digest, contrasts, PIPELINE_VERSION)
 
 
 @dataclass
@@ -139,3 +151,39 @@ def preprocess_or_error_with_volumes(
         return None, f"volumes could not be written to {out_dir} ({exc.strerror or exc})"
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop a release
         return None, one_line(exc, path)
+
+
+def check_volume_options(out_dir: str, engine: str, preprocess: Any) -> None:
+    """Refuse ``--volumes`` where it cannot work, before any work: nibabel missing, folder not writable, Ray."""
+    from mimir.errors import UsageError
+    from mimir.utils.atomic import check_writable_dir
+
+    if engine != "local":
+        raise UsageError("--volumes works with the local engine only",
+                         hint="Drop --engine ray, or convert with mimir batch --volumes on each machine.")
+    if preprocess is not None:
+        raise UsageError("--volumes cannot be combined with a replaced preprocessing function")
+    nifti.require_nibabel("batch --volumes")
+    check_writable_dir(out_dir, what="volumes folder")
+
+
+def with_volumes(opts: Any, status: Any, paths: dict[str, str]) -> Any:
+    """``opts`` (:class:`~mimir.batch.runner.BatchOptions`) whose workers also write volumes; ``status`` updated.
+
+    Subjects already predicted whose volumes are missing or stale move from
+    ``status.ok`` to ``status.todo`` (their predictions are made again, the
+    same bits); the resume check is :func:`volumes_done` with ``quick``.
+    """
+    from dataclasses import replace
+    from functools import partial
+
+    from mimir.preprocessing.volumes import DEFAULT_CONTRASTS
+
+    contrasts = tuple(opts.volume_contrasts or DEFAULT_CONTRASTS)
+    redo = [n for n in status.ok if not volumes_done(paths[n], opts.volumes, contrasts, quick=True)]
+    if redo:
+        again = set(redo)
+        status.ok = [n for n in status.ok if n not in again]
+        status.todo = [*status.todo, *redo]
+    work = partial(preprocess_or_error_with_volumes, out_dir=str(opts.volumes), contrasts=contrasts)
+    return replace(opts, preprocess=work, volume_contrasts=contrasts)
