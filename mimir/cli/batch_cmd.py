@@ -10,6 +10,7 @@ import typer
 from mimir.cli.app import (
     EXIT_CODES_HELP,
     app,
+    contrasts_option,
     err_console,
     handle_errors,
     module_option,
@@ -18,6 +19,8 @@ from mimir.cli.app import (
     report_error,
     report_warning,
     say,
+    volume_contrasts,
+    volumes_option,
 )
 
 
@@ -82,16 +85,10 @@ def batch_cmd(
     report: bool = typer.Option(
         False, "--report", help="Also write OUT_DIR/report.html (mimir report; needs pip install 'mimir[report]')."
     ),
-    volumes: Optional[Path] = typer.Option(  # noqa: UP007
-        None, "--volumes", metavar="FOLDER",
-        help="Also write each subject's fused 3-D volumes as NIfTI and a JSON sidecar here, in the preprocessing "
-        "processes; resumable (docs/volumes.md; needs the volumes extra; local engine).",
-        show_default=False,
+    volumes: Optional[Path] = volumes_option(  # noqa: UP007
+        "Written by the preprocessing processes; resumable; local engine."
     ),
-    contrasts: Optional[str] = typer.Option(  # noqa: UP007
-        None, "--contrasts", metavar="LIST",
-        help="Volumes for --volumes: water, fat, in, opp, ff, or all [default: water,fat,ff].", show_default=False,
-    ),
+    contrasts: Optional[str] = contrasts_option(),  # noqa: UP007
 ) -> None:
     """Predict a whole release: parallel preprocessing, batched inference, resumable.
 
@@ -112,20 +109,13 @@ def batch_cmd(
         from mimir.outputs.figures import require_matplotlib
 
         require_matplotlib("batch --report")  # fail before the run, not after it
-    volume_contrasts = None
-    if volumes is not None or contrasts is not None:
-        from mimir.errors import UsageError
-        from mimir.preprocessing.volumes import parse_contrasts
-
-        if volumes is None:
-            raise UsageError("--contrasts applies to --volumes only", hint="Add --volumes FOLDER.")
-        volume_contrasts = parse_contrasts(contrasts)
+    wanted = volume_contrasts(volumes, contrasts)
     opts = BatchOptions(
         input=input, out_dir=str(out_dir), modules=module or None, device=device, gpus=parse_gpus(gpu),
         precision=precision, workers=workers, batch_size=batch_size, level=ci, retry_failed=retry_failed,
         num_shards=num_shards, shard_index=shard_index, engine=engine, address=address, cache=not no_cache,
         queue_size=queue_size, threads=threads, csv_layout=csv_format,
-        volumes=None if volumes is None else str(volumes), volume_contrasts=volume_contrasts,
+        volumes=None if volumes is None else str(volumes), volume_contrasts=wanted,
     )
     from mimir.preprocessing import kernels
 

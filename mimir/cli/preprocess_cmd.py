@@ -12,8 +12,19 @@ from typing import Optional
 
 from rich.markup import escape
 
-from mimir.cli.app import EXIT_CODES_HELP, app, console, handle_errors, pick_output, report_error, report_warning
-from mimir.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, InputError, UsageError
+from mimir.cli.app import (
+    EXIT_CODES_HELP,
+    app,
+    console,
+    contrasts_option,
+    handle_errors,
+    pick_output,
+    report_error,
+    report_warning,
+    volume_contrasts,
+    volumes_option,
+)
+from mimir.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, InputError
 from mimir.utils import atomic
 
 
@@ -31,18 +42,8 @@ def preprocess(
     png: bool = typer.Option(False, "--png", help="Also write a preview PNG of the three channels."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the preprocessed-image cache."),
     cache_alias: bool = typer.Option(True, "--cache", hidden=True),  # old spelling, the default
-    volumes: Optional[Path] = typer.Option(  # noqa: UP007
-        None, "--volumes", metavar="FOLDER",
-        help="Also write the fused 3-D volumes as NIfTI (<zip stem>_<contrast>.nii.gz) and a JSON sidecar here "
-        "(docs/volumes.md; needs the volumes extra). Without -o, only the volumes are written.",
-        show_default=False,
-    ),
-    contrasts: Optional[str] = typer.Option(  # noqa: UP007
-        None, "--contrasts", metavar="LIST",
-        help="Volumes to write with --volumes, comma-separated: water, fat, in (in-phase), opp (opposed-phase), "
-        "ff (fat fraction), or all [default: water,fat,ff].",
-        show_default=False,
-    ),
+    volumes: Optional[Path] = volumes_option("Without -o, only the volumes are written."),  # noqa: UP007
+    contrasts: Optional[str] = contrasts_option(),  # noqa: UP007
 ) -> None:
     """Turn subject zips into 3 x 256 x 256 uint8 images (water, fat, fat fraction), and optionally 3-D volumes.
 
@@ -54,14 +55,10 @@ def preprocess(
     from mimir.utils.atomic import check_writable_dir
 
     chosen = pick_output(output, out_alias)
-    if contrasts is not None and volumes is None:
-        raise UsageError("--contrasts applies to --volumes only", hint="Add --volumes FOLDER.")
-    wanted: tuple[str, ...] = ()
+    wanted = volume_contrasts(volumes, contrasts) or ()
     if volumes is not None:
         from mimir.outputs.nifti import require_nibabel
-        from mimir.preprocessing.volumes import parse_contrasts
 
-        wanted = parse_contrasts(contrasts)
         require_nibabel("preprocess --volumes")
         check_writable_dir(volumes, what="volumes folder")
     out = chosen if chosen is not None or volumes is None else None

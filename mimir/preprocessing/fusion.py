@@ -590,5 +590,6 @@ def fuse_channel(channel: list[Station], stations: StationSet) -> np.ndarray:
     if accel.compiled() is not None:
         placed = _place_channel(channel, grid, plan)
         if placed is not None:
-            return _reorient(_paste_placed(placed[0], _placement(placed[1], plan), tuple(int(x) for x in plan.end.max(axis=0))))
+            shape = tuple(int(x) for x in plan.end.max(axis=0))
+            return _reorient(_paste_placed(placed[0], _placement(placed[1], plan), shape))
     return _fuse_channel_numpy(channel, grid, plan)
