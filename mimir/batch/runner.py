@@ -86,6 +86,10 @@ class BatchOptions:
     csv_layout: str = "wide"
     #: Replaces the preprocessing function (a picklable top-level function; for tests and custom readers).
     preprocess: Any = None
+    #: Also write each subject's NIfTI volumes and sidecar into this folder (``--volumes``; docs/volumes.md).
+    volumes: str | None = None
+    #: The volumes to write (:data:`mimir.preprocessing.volumes.CONTRASTS` names); None: the default set.
+    volume_contrasts: tuple[str, ...] | None = None
 
     def devices(self) -> list[str]:
         """One device per inference process."""
@@ -147,6 +151,10 @@ def _check(options: BatchOptions) -> None:
     from mimir.outputs.writers import check_layout
 
     check_layout(options.csv_layout)
+    if options.volumes is not None:
+        from mimir.batch.volumes import check_volume_options
+
+        check_volume_options(options.volumes, options.engine, options.preprocess)
 
 
 @contextlib.contextmanager
@@ -317,6 +325,10 @@ def _execute(
         store.remove_stale_temporaries()
         names = [f.name for f in inputs.files]
         status = scan(store, names, key, retry_failed=opts.retry_failed)
+        if opts.volumes is not None:
+            from mimir.batch.volumes import with_volumes
+
+            opts = with_volumes(opts, status, {f.name: f.path for f in inputs.files})
         todo_names = set(status.todo)
         todo: list[InputFile] = [f for f in inputs.files if f.name in todo_names]
         input_errors = [ErrorRow(q.name, q.path, STAGE_INPUT, q.message) for q in inputs.problems]
@@ -352,6 +364,8 @@ def _execute(
             "csv_layout": opts.csv_layout,
             "output_schema": key["output_schema"],
             "retry_failed": opts.retry_failed,
+            "volumes": None if opts.volumes is None else
+            {"dir": os.path.abspath(opts.volumes), "contrasts": list(opts.volume_contrasts or ())},
             "counts": {
                 "inputs": len(everything.files) + len(everything.problems),
                 "subjects": len(inputs.files) + len(inputs.problems),

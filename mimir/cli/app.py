@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -237,6 +238,39 @@ def module_option(*, columns: bool) -> Any:
         help=f"Module name or folder ({order}). Default: every installed module except the synthetic demo.",
         show_default=False,
     )
+
+
+def volumes_option(what: str) -> Any:
+    """The ``--volumes FOLDER`` option of ``preprocess`` and ``batch``; ``what`` ends its help."""
+    return typer.Option(
+        None, "--volumes", metavar="FOLDER",
+        help="Also write the fused 3-D volumes as NIfTI (<zip stem>_<contrast>.nii.gz) and a JSON sidecar here "
+        f"(docs/volumes.md; needs the volumes extra). {what}",
+        show_default=False,
+    )
+
+
+def contrasts_option() -> Any:
+    """The ``--contrasts LIST`` option that goes with :func:`volumes_option`."""
+    return typer.Option(
+        None, "--contrasts", metavar="LIST",
+        help="Volumes to write with --volumes, comma-separated: water, fat, in (in-phase), opp (opposed-phase), "
+        "ff (fat fraction), or all [default: water,fat,ff].",
+        show_default=False,
+    )
+
+
+def volume_contrasts(volumes: Path | None, contrasts: str | None) -> tuple[str, ...] | None:
+    """The contrasts to write (None without ``--volumes``); a UsageError for ``--contrasts`` alone or a bad list."""
+    from mimir.errors import UsageError
+
+    if volumes is None:
+        if contrasts is not None:
+            raise UsageError("--contrasts applies to --volumes only", hint="Add --volumes FOLDER.")
+        return None
+    from mimir.preprocessing.volumes import parse_contrasts
+
+    return parse_contrasts(contrasts)
 
 
 def parse_gpus(text: str | None, *, single: bool = False) -> list[int] | None:

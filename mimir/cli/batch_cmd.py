@@ -10,6 +10,7 @@ import typer
 from mimir.cli.app import (
     EXIT_CODES_HELP,
     app,
+    contrasts_option,
     err_console,
     handle_errors,
     module_option,
@@ -18,6 +19,8 @@ from mimir.cli.app import (
     report_error,
     report_warning,
     say,
+    volume_contrasts,
+    volumes_option,
 )
 from mimir.utils.install import extra_help
 
@@ -83,6 +86,10 @@ def batch_cmd(
     report: bool = typer.Option(
         False, "--report", help=f"Also write OUT_DIR/report.html (mimir report; needs the report extra: {extra_help('report')})."
     ),
+    volumes: Optional[Path] = volumes_option(  # noqa: UP007
+        "Written by the preprocessing processes; resumable; local engine."
+    ),
+    contrasts: Optional[str] = contrasts_option(),  # noqa: UP007
 ) -> None:
     """Predict a whole release: parallel preprocessing, batched inference, resumable.
 
@@ -103,11 +110,13 @@ def batch_cmd(
         from mimir.outputs.figures import require_matplotlib
 
         require_matplotlib("batch --report")  # fail before the run, not after it
+    wanted = volume_contrasts(volumes, contrasts)
     opts = BatchOptions(
         input=input, out_dir=str(out_dir), modules=module or None, device=device, gpus=parse_gpus(gpu),
         precision=precision, workers=workers, batch_size=batch_size, level=ci, retry_failed=retry_failed,
         num_shards=num_shards, shard_index=shard_index, engine=engine, address=address, cache=not no_cache,
         queue_size=queue_size, threads=threads, csv_layout=csv_format,
+        volumes=None if volumes is None else str(volumes), volume_contrasts=wanted,
     )
     from mimir.preprocessing import kernels
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mimir.preprocessing import accel
-from mimir.preprocessing.stations import StationSet
+from mimir.preprocessing.stations import Station, StationSet
 
 log = logging.getLogger("mimir")
 
@@ -448,16 +448,23 @@ class PlacedStations:
 
     def pasted(self, buf: np.ndarray) -> np.ndarray:
         """One channel added up: the (rows, cols, slices) float64 volume of :func:`paste`, untrimmed."""
-        from mimir.preprocessing import kernels
-
-        volume = np.empty(self.shape)
-        kernels.paste_all(volume, buf, *self.placement)
-        return volume
+        return _paste_placed(buf, self.placement, self.shape)
 
     def volumes(self) -> FusedVolumes:
         """The fused water and fat volumes, equal to :func:`fuse_stations`'s NumPy result bit for bit."""
         water, fat = (_reorient(self.pasted(buf)) for buf in (self.water, self.fat))
         return FusedVolumes(water=water, fat=fat, warnings=list(self.warnings))
+
+
+def _paste_placed(
+    buf: np.ndarray, placement: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], shape: tuple[int, int, int]
+) -> np.ndarray:
+    """A placed channel buffer added up into its (rows, cols, slices) float64 volume (compiled kernel)."""
+    from mimir.preprocessing import kernels
+
+    volume = np.empty(shape)
+    kernels.paste_all(volume, buf, *placement)
+    return volume
 
 
 def _reorient(volume: np.ndarray) -> np.ndarray:
@@ -512,19 +519,27 @@ def place_stations(stations: StationSet) -> PlacedStations | None:
     fat = _place_channel(stations.fat, grid, plan) if water is not None else None
     if water is None or fat is None or water[1] != fat[1]:
         return None
-    shapes = np.array(water[1], dtype=np.int64).reshape(-1, 3)
-    counts = np.prod(shapes, axis=1)
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    offsets, shapes, starts, splits = _placement(water[1], plan)
     return PlacedStations(
         water=water[0],
         fat=fat[0],
         offsets=offsets,
         shapes=shapes,
-        starts=np.ascontiguousarray(plan.start, dtype=np.int64),
-        splits=paste_splits(plan.start, plan.end),
+        starts=starts,
+        splits=splits,
         shape=tuple(int(x) for x in plan.end.max(axis=0)),
         warnings=list(stations.warnings) + warnings,
     )
+
+
+def _placement(
+    shapes: list[tuple[int, int, int]], plan: OverlapPlan
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(offsets, shapes, starts, splits) of a placed channel buffer (see :class:`PlacedStations`)."""
+    arr = np.array(shapes, dtype=np.int64).reshape(-1, 3)
+    counts = np.prod(arr, axis=1)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return offsets, arr, np.ascontiguousarray(plan.start, dtype=np.int64), paste_splits(plan.start, plan.end)
 
 
 def _plan(stations: StationSet) -> tuple[Grid, OverlapPlan, list[str]]:
@@ -540,19 +555,41 @@ def fuse_stations(stations: StationSet) -> FusedVolumes:
     if placed is not None:
         return placed.volumes()
     grid, plan, warnings = _plan(stations)
-    fused = []
-    for channel in (stations.water, stations.fat):
-        placed_channel = []
-        for i, station in enumerate(channel):
-            v = station.voxels
-            if needs_resampling(grid, i, v.shape):
-                # A new array: ours to modify. Only the slices kept after trimming are computed.
-                v = resample_trimmed(v, grid, i, int(plan.cut_start[i]), int(plan.cut_end[i]))
-            else:
-                # A copy of the kept slices: never modify the caller's stations.
-                v = v[:, :, plan.cut_start[i] : v.shape[2] - plan.cut_end[i]].copy()
-            placed_channel.append(v)
-        faded = fade_and_correct(placed_channel, plan.overlaps, copy=False)
-        fused.append(paste(faded, plan.start, plan.end))
+    fused = [_fuse_channel_numpy(channel, grid, plan) for channel in (stations.water, stations.fat)]
     all_warnings = list(stations.warnings) + warnings
     return FusedVolumes(water=fused[0], fat=fused[1], warnings=all_warnings)
+
+
+def _fuse_channel_numpy(channel: list[Station], grid: Grid, plan: OverlapPlan) -> np.ndarray:
+    """One channel through the NumPy steps: resampled, trimmed, faded, corrected, pasted, reoriented."""
+    placed_channel = []
+    for i, station in enumerate(channel):
+        v = station.voxels
+        if needs_resampling(grid, i, v.shape):
+            # A new array: ours to modify. Only the slices kept after trimming are computed.
+            v = resample_trimmed(v, grid, i, int(plan.cut_start[i]), int(plan.cut_end[i]))
+        else:
+            # A copy of the kept slices: never modify the caller's stations.
+            v = v[:, :, plan.cut_start[i] : v.shape[2] - plan.cut_end[i]].copy()
+        placed_channel.append(v)
+    faded = fade_and_correct(placed_channel, plan.overlaps, copy=False)
+    return paste(faded, plan.start, plan.end)
+
+
+def fuse_channel(channel: list[Station], stations: StationSet) -> np.ndarray:
+    """Another contrast (in-phase, opposed-phase) fused on the water and fat stations' grid.
+
+    ``channel`` holds one station per water station, head first, each of the
+    fat station's shape (:func:`mimir.preprocessing.stations.pair_contrast`).
+    It takes the same placement, overlap cuts, fades and intensity
+    correction (its own means, as water and fat each use theirs) as
+    :func:`fuse_stations`; returns the (left-right, anterior-posterior,
+    head-foot) float64 volume of :class:`FusedVolumes`' shape.
+    """
+    grid, plan, _ = _plan(stations)
+    if accel.compiled() is not None:
+        placed = _place_channel(channel, grid, plan)
+        if placed is not None:
+            shape = tuple(int(x) for x in plan.end.max(axis=0))
+            return _reorient(_paste_placed(placed[0], _placement(placed[1], plan), shape))
+    return _fuse_channel_numpy(channel, grid, plan)

@@ -16,12 +16,12 @@ import numpy as np
 from mimir.errors import ImageFileError
 from mimir.preprocessing import cache as image_cache
 from mimir.preprocessing import qc as qc_mod
-from mimir.preprocessing.fusion import FusedVolumes, fuse_stations, place_stations
+from mimir.preprocessing.fusion import FusedVolumes, PlacedStations, fuse_stations, place_stations
 from mimir.preprocessing.geometry import check_geometry
 from mimir.preprocessing.projection import IMAGE_SIZE, make_image, make_image_from_placed
 from mimir.preprocessing.qc import QCRecord
-from mimir.preprocessing.reader import read_signal_slices
-from mimir.preprocessing.stations import StationSet, group_stations, pair_water_fat
+from mimir.preprocessing.reader import SIGNAL_CONTRASTS, read_signal_slices
+from mimir.preprocessing.stations import Station, StationSet, group_stations, pair_water_fat
 
 log = logging.getLogger("mimir")
 
@@ -35,10 +35,23 @@ IMAGE_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
 
 def read_stations(path: str | os.PathLike[str]) -> StationSet:
     """Read a subject zip into consistent water and fat stations, head first."""
-    slices = read_signal_slices(path)
-    stations = pair_water_fat(group_stations(slices, path), path)
+    return read_station_lists(path)[0]
+
+
+def read_station_lists(
+    path: str | os.PathLike[str], contrasts: tuple[str, ...] = SIGNAL_CONTRASTS
+) -> tuple[StationSet, list[Station]]:
+    """:func:`read_stations`, and every station read (one per series) for the ``contrasts`` asked for.
+
+    ``contrasts`` (:data:`~mimir.preprocessing.reader.DIXON_MARKERS` keys)
+    beyond water and fat are read in the same pass; the water and fat
+    stations are the same whatever else is read.
+    """
+    slices = read_signal_slices(path, contrasts)
+    grouped = group_stations(slices, path)
+    stations = pair_water_fat(grouped, path)
     check_geometry(stations, path)
-    return stations
+    return stations, grouped
 
 
 def preprocess_volumes(path: str | os.PathLike[str]) -> FusedVolumes:
@@ -54,11 +67,38 @@ def image_of_stations(stations: StationSet) -> np.ndarray:
     made from the placed buffers, never building the float64 volumes; else
     the NumPy steps. Both give the same bits.
     """
+    return _image_and_fused(stations)[0]
+
+
+def _image_and_fused(stations: StationSet) -> tuple[np.ndarray, PlacedStations | FusedVolumes]:
+    """:func:`image_of_stations`, and the placed stations (or, without the kernels, the volumes) it was made from."""
     placed = place_stations(stations)
     if placed is not None:
-        return make_image_from_placed(placed)
+        return make_image_from_placed(placed), placed
     volumes = fuse_stations(stations)
-    return make_image(volumes.water, volumes.fat)
+    return make_image(volumes.water, volumes.fat), volumes
+
+
+def image_and_qc(
+    stations: StationSet, path: str | os.PathLike[str]
+) -> tuple[np.ndarray, QCRecord, PlacedStations | FusedVolumes]:
+    """The image and QC record of read stations, and what the image was made from.
+
+    QC flags that are not repairs (already logged by the stations stage) are
+    logged at WARNING; a QC computation that fails costs no image (flag ``qc_incomplete``).
+    """
+    try:
+        record = qc_mod.assess(stations)
+    except Exception as exc:  # noqa: BLE001 - QC informs; it must never cost a subject its image
+        log.warning("%s: QC could not be computed (%s: %s)", path, type(exc).__name__, exc)
+        record = QCRecord()
+        record.add(*stations.flags, "qc_incomplete")
+    image, fused = _image_and_fused(stations)
+    repaired = set(stations.flags)  # already logged as sentences by the stations stage
+    for flag in record.flags:
+        if flag not in repaired:
+            log.warning("%s: QC %s", path, flag)
+    return image, record, fused
 
 
 def preprocess(path: str | os.PathLike[str], *, cache: bool = True) -> np.ndarray:
@@ -95,18 +135,7 @@ def preprocess_with_qc(path: str | os.PathLike[str], *, cache: bool = True) -> t
                 record = _cached_qc(hit[1])
                 if record is not None:
                     return hit[0], record
-    stations = read_stations(path)
-    try:
-        record = qc_mod.assess(stations)
-    except Exception as exc:  # noqa: BLE001 - QC informs; it must never cost a subject its image
-        log.warning("%s: QC could not be computed (%s: %s)", path, type(exc).__name__, exc)
-        record = QCRecord()
-        record.add(*stations.flags, "qc_incomplete")
-    image = image_of_stations(stations)
-    repaired = set(stations.flags)  # already logged as sentences by the stations stage
-    for flag in record.flags:
-        if flag not in repaired:
-            log.warning("%s: QC %s", path, flag)
+    image, record, _ = image_and_qc(read_stations(path), path)
     if key is not None:
         image_cache.store(key, PIPELINE_VERSION, image, {"qc": record.to_json()})
     return image, record

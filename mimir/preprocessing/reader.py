@@ -93,13 +93,25 @@ class SignalSlice:
     series_time: str
 
 
-def is_signal_description(description: str) -> bool:
-    """True for water (``_W``) and fat (``_F``) series, the only ones the pipeline uses."""
-    return "_W" in description or "_F" in description
+#: SeriesDescription markers of the four Dixon contrasts (``Dixon_BH_17s_W`` and so on).
+DIXON_MARKERS: dict[str, str] = {"water": "_W", "fat": "_F", "in": "_in", "opp": "_opp"}
+#: The contrasts the image is made from, and all that is read by default.
+SIGNAL_CONTRASTS: tuple[str, ...] = ("water", "fat")
 
 
-def read_signal_slices(path: str | os.PathLike[str]) -> list[SignalSlice]:
+def is_signal_description(description: str, contrasts: tuple[str, ...] = SIGNAL_CONTRASTS) -> bool:
+    """True for a series of one of ``contrasts`` (default: water ``_W`` and fat ``_F``, the image's)."""
+    return any(DIXON_MARKERS[c] in description for c in contrasts)
+
+
+def read_signal_slices(
+    path: str | os.PathLike[str], contrasts: tuple[str, ...] = SIGNAL_CONTRASTS
+) -> list[SignalSlice]:
     """Read every water and fat slice of a subject zip, in zip member order.
+
+    ``contrasts`` (keys of :data:`DIXON_MARKERS`) widens the read to the
+    in-phase and opposed-phase series too, in the same single pass over the
+    zip; the default reads and decodes only what the image needs.
 
     Raises
     ------
@@ -122,27 +134,29 @@ def read_signal_slices(path: str | os.PathLike[str]) -> list[SignalSlice]:
             raise TruncatedZipError(
                 f"has a damaged zip directory ({quote(str(exc))})", path, "Download the file again."
             ) from None
-        return _read_zip(zf, path, budget)
+        return _read_zip(zf, path, budget, contrasts)
     finally:
         fh.close()
 
 
-def _read_zip(zf: zipfile.ZipFile, path: Path, budget: _Budget) -> list[SignalSlice]:
+def _read_zip(
+    zf: zipfile.ZipFile, path: Path, budget: _Budget, contrasts: tuple[str, ...] = SIGNAL_CONTRASTS
+) -> list[SignalSlice]:
     with zf:
         members = [info for info in zf.infolist() if not info.is_dir()]
         manifest = next((m for m in members if "manifest" in m.filename.lower()), None)
         candidates = [m for m in members if m is not manifest]
         if not candidates:
             raise NoDicomError("holds no DICOM files", path, "Is this a field-20201 zip?")
-        hint = _manifest_hint(zf, manifest, candidates, path) if manifest is not None else None
+        hint = _manifest_hint(zf, manifest, candidates, path, contrasts) if manifest is not None else None
         if hint is not None:
             chosen = [m for m in candidates if hint.get(m.filename, True)]
-            slices, skipped = _read_members(zf, chosen, path, budget)
+            slices, skipped = _read_members(zf, chosen, path, budget, contrasts)
             if slices and not skipped:
                 return slices
             # The manifest named at least one file wrongly: ignore it entirely.
-        chosen = [m for m in candidates if _peek_is_signal(zf, m, path)]
-        slices, _ = _read_members(zf, chosen, path, budget)
+        chosen = [m for m in candidates if _peek_is_signal(zf, m, path, contrasts)]
+        slices, _ = _read_members(zf, chosen, path, budget, contrasts)
     if not slices:
         raise MissingSeriesError(
             "holds no Dixon water (_W) or fat (_F) series", path, "Is this a field-20201 zip?"
@@ -373,7 +387,11 @@ def _read_member_bytes(
 
 
 def _manifest_hint(
-    zf: zipfile.ZipFile, manifest: zipfile.ZipInfo, candidates: list[zipfile.ZipInfo], path: Path
+    zf: zipfile.ZipFile,
+    manifest: zipfile.ZipInfo,
+    candidates: list[zipfile.ZipInfo],
+    path: Path,
+    contrasts: tuple[str, ...] = SIGNAL_CONTRASTS,
 ) -> dict[str, bool] | None:
     """Map member name -> "is a water/fat slice" from the manifest, or None if unusable.
 
@@ -397,7 +415,7 @@ def _manifest_hint(
             if description is None and field.startswith("Dixon"):
                 description = field
             if name is not None and description is not None:
-                hint[name] = is_signal_description(description)
+                hint[name] = is_signal_description(description, contrasts)
                 break
     if not hint or any(m.filename not in hint for m in candidates):
         return None
@@ -407,7 +425,9 @@ def _manifest_hint(
 _VR_RE = re.compile(rb"[A-Z]{2}")
 
 
-def _peek_is_signal(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bool:
+def _peek_is_signal(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, contrasts: tuple[str, ...] = SIGNAL_CONTRASTS
+) -> bool:
     """Decide from a member's first bytes whether it is a water/fat slice.
 
     Looks for the SeriesDescription element in explicit or implicit VR
@@ -430,11 +450,15 @@ def _peek_is_signal(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> b
         return True
     if len(value) < length:
         return True
-    return is_signal_description(value.decode("ascii", errors="replace"))
+    return is_signal_description(value.decode("ascii", errors="replace"), contrasts)
 
 
 def _read_members(
-    zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], path: Path, budget: _Budget | None = None
+    zf: zipfile.ZipFile,
+    members: list[zipfile.ZipInfo],
+    path: Path,
+    budget: _Budget | None = None,
+    contrasts: tuple[str, ...] = SIGNAL_CONTRASTS,
 ) -> tuple[list[SignalSlice], int]:
     """Parse ``members``; return the water/fat slices and how many DICOM images were not."""
     slices = []
@@ -449,7 +473,7 @@ def _read_members(
         if fast is not None:
             description, attrs = fast
             dicom_seen = True
-            if not is_signal_description(description):
+            if not is_signal_description(description, contrasts):
                 skipped += 1
                 continue
             made = _slice_from_fast(attrs, description, info.filename, path)
@@ -477,7 +501,7 @@ def _read_members(
         if not is_image:
             continue  # not a DICOM image: a README.txt and the like
         dicom_seen = True
-        if is_signal_description(description):
+        if is_signal_description(description, contrasts):
             slices.append(_slice_from_dataset(ds, description, info.filename, path))
         else:
             skipped += 1

@@ -193,3 +193,46 @@ def pair_water_fat(stations: list[Station], path: str | os.PathLike[str] | None 
     station_of = {s.series_number: k + 1 for k, s in enumerate(water)}
     flags = [code.format(station_of[number]) for number, code in repairs]
     return StationSet(water=water, fat=fat, warnings=warnings, flags=flags)
+
+
+def pair_contrast(
+    stations: list[Station], paired: StationSet, marker: str, name: str, path: str | os.PathLike[str] | None = None
+) -> list[Station]:
+    """The stations of another Dixon contrast (in-phase ``_in``, opposed-phase ``_opp``) matched to ``paired``.
+
+    One station per water station of ``paired``, head first: the series of
+    the contrast at the water station's position (the most recent, by
+    SeriesTime, where the station was acquired twice, as for water and fat),
+    cropped to the fat station's shape as water and fat were.
+
+    Raises
+    ------
+    MissingSeriesError
+        No series of the contrast at one of the water stations' positions.
+    InconsistentStationsError
+        A series smaller than the fat station it must match.
+    """
+    candidates = [s for s in stations if marker in s.description]
+    out = []
+    for k, (w, f) in enumerate(zip(paired.water, paired.fat)):
+        here = [s for s in candidates if np.allclose(s.position, w.position)]
+        if not here:
+            raise MissingSeriesError(
+                f"has no {name} ({marker}) series at station {k + 1} (z = {w.position[2]:.1f} mm)",
+                path,
+                "Write the other contrasts only, or ask for a fresh copy of the zip.",
+            )
+        chosen = max(here, key=lambda s: s.series_time.replace(".", ""))
+        shape = f.voxels.shape
+        if any(a < b for a, b in zip(chosen.voxels.shape, shape)):
+            raise InconsistentStationsError(
+                f"{name} series {chosen.series_number} is {chosen.voxels.shape}, smaller than its fat "
+                f"station {shape}",
+                path,
+                "Write the other contrasts only.",
+            )
+        if chosen.voxels.shape != shape:
+            crop = tuple(slice(0, int(c)) for c in shape)
+            chosen = replace(chosen, voxels=np.ascontiguousarray(chosen.voxels[crop]))
+        out.append(chosen)
+    return out
