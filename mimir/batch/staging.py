@@ -32,6 +32,7 @@ import shutil
 import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def copy_verified(src: str, dest: Path, expected: Expected | None) -> int:
         try:
             with zipfile.ZipFile(dest) as zf:
                 bad = zf.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as exc:
             raise StagingFailed(f"not a readable zip ({type(exc).__name__}: {exc})") from None
         if bad is not None:
             raise StagingFailed(f"member {bad} fails its CRC check")

@@ -1,0 +1,271 @@
+"""Running on the UK Biobank RAP, without the platform: a fake dxfuse mount (spaces, subfolders), ``dx find data``
+listings, staging with verification, Parquet outputs, shard archives, merge, checkpoints, the launcher."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mimir.batch.checkpoint import Checkpointer, pack_records, restore_records
+from mimir.batch.inputs import InputFile, shard_of
+from mimir.batch.launcher import BOOT_MIN, parse_instance, plan, subjects_per_hour
+from mimir.batch.rap import discover_inputs
+from mimir.batch.staging import READY, Stager
+from mimir.cli import app
+from mimir.errors import UsageError
+from mimir.synth import generate_subject
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+runner = CliRunner()
+DIXON = "Bulk/Whole Body MRI/Dixon"
+EIDS = [1000011, 1000022, 2000033, 2000044, 3000055]
+
+
+@pytest.fixture(scope="module")
+def mount(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``<tmp>/mnt project/Bulk/Whole Body MRI/Dixon/<first 2 digits of eid>/<eid>_20201_2_0.zip`` (+ one visit-3 zip)."""
+    root = tmp_path_factory.mktemp("rap") / "mnt project"
+    for seed, eid in enumerate(EIDS, start=1):
+        folder = root / DIXON / str(eid)[:2]
+        folder.mkdir(parents=True, exist_ok=True)
+        generate_subject(folder, seed, small=True, eid=eid).truth_path.unlink()
+    first = root / DIXON / "10" / "1000011_20201_2_0.zip"
+    shutil.copy(first, first.with_name("1000011_20201_3_0.zip"))
+    return root
+
+
+def batch(*args: str):
+    return runner.invoke(app, ["batch", *args, "-m", "phantom-demo", "--workers", "1", "--device", "cpu",
+                               "--threads", "1"])
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def assert_parquet_equals_csv(parquet: Path, csv_path: Path) -> None:
+    """Same columns in the same order, same rows, every value the CSV's (typed)."""
+    table = pq.read_table(parquet)
+    rows = csv_rows(csv_path)
+    with open(csv_path, encoding="utf-8", newline="") as fh:
+        assert table.column_names == next(csv.reader(fh))
+    assert table.num_rows == len(rows)
+    for field, col in zip(table.schema, table.columns):
+        values = col.to_pylist()
+        for v, row in zip(values, rows):
+            text = row[field.name]
+            if pa.types.is_string(field.type):
+                assert v == text
+            elif text == "":
+                assert v is None
+            elif pa.types.is_integer(field.type):
+                assert v == int(text)
+            else:
+                assert (math.isnan(v) and text == "nan") or v == float(text), (field.name, v, text)
+
+
+def test_batch_parquet_on_the_mount_with_spaces(mount: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = batch(str(mount / DIXON), "-o", str(out), "--format", "parquet", "--instance", "2")
+    assert r.exit_code == 0, r.output
+    table = pq.read_table(out / "predictions.parquet")
+    assert table.column("name").to_pylist() == [f"{e}_20201_2_0" for e in EIDS]  # visit 3 left out
+    assert table.schema.field("eid").type == pa.int64() and table.schema.field("ci_level").type == pa.float64()
+    assert table.schema.field("phantom-demo_version").type == pa.string()
+    assert table.schema.field("weight_kg_mean_in_kg").type == pa.float64()
+    assert_parquet_equals_csv(out / "predictions.parquet", out / "predictions.csv")
+    meta = table.schema.metadata
+    assert meta[b"mimir.output_schema"] == b"2" and meta[b"mimir.layout"] == b"wide"
+    assert len(json.loads(meta[b"mimir.run"])["subjects"]) == len(EIDS)
+    assert json.loads((out / "run.json").read_text())["parquet"] is True
+
+
+def test_parquet_shards_merge_to_the_unsharded_run(mount: Path, tmp_path: Path) -> None:
+    src = str(mount / DIXON)
+    whole = tmp_path / "whole"
+    assert batch(src, "-o", str(whole), "--format", "parquet").exit_code == 0
+    shards = [tmp_path / f"s{k}" for k in range(2)]
+    for k, out in enumerate(shards):
+        assert batch(src, "-o", str(out), "--format", "parquet", "--num-shards", "2", "--shard-index", str(k)).exit_code == 0
+    assert {n for s in shards for n in (r["name"] for r in csv_rows(s / "predictions.csv"))} == {
+        r["name"] for r in csv_rows(whole / "predictions.csv")}
+    expected = pq.read_table(whole / "predictions.parquet")
+
+    merged = tmp_path / "m-folders"
+    r = runner.invoke(app, ["merge", *map(str, shards), "-o", str(merged)])
+    assert r.exit_code == 0, r.output
+    for name in ("predictions.csv", "predictions.json", "errors.csv"):
+        assert (merged / name).read_bytes() == (whole / name).read_bytes(), name
+    assert pq.read_table(merged / "predictions.parquet").equals(expected)
+
+    # the two Parquet files alone: the same table, and the same CSV
+    merged = tmp_path / "m-parquet"
+    r = runner.invoke(app, ["merge", *(str(s / "predictions.parquet") for s in shards), "-o", str(merged)])
+    assert r.exit_code == 0, r.output
+    assert "predictions.json was not written" in r.output
+    assert pq.read_table(merged / "predictions.parquet").equals(expected)
+    assert (merged / "predictions.csv").read_bytes() == (whole / "predictions.csv").read_bytes()
+
+    # one archive per shard: the same bytes again; a shard left out is listed as missing with --input
+    from mimir.batch.shards import pack
+
+    archives = [str(tmp_path / f"s{k}.tar.gz") for k in range(2)]
+    for s, a in zip(shards, archives):
+        pack(s, a)
+    pack(shards[0], tmp_path / "again.tar.gz")
+    assert (tmp_path / "again.tar.gz").read_bytes() == Path(archives[0]).read_bytes()  # reproducible
+    merged = tmp_path / "m-archives"
+    assert runner.invoke(app, ["merge", *archives, "-o", str(merged)]).exit_code == 0
+    for name in ("predictions.csv", "predictions.json", "errors.csv"):
+        assert (merged / name).read_bytes() == (whole / name).read_bytes(), name
+    r = runner.invoke(app, ["merge", archives[0], "-o", str(tmp_path / "m1"), "--input", src])
+    assert r.exit_code == 2
+    lost = [r["name"] for r in csv_rows(tmp_path / "m1" / "missing.csv")]
+    assert lost == sorted(r["name"] for r in csv_rows(shards[1] / "subjects.csv"))
+
+
+def test_predict_parquet_matches_its_csv(mount: Path, tmp_path: Path) -> None:
+    zips = [str(p) for p in sorted((mount / DIXON).rglob("*_2_0.zip"))][:2]
+    args = ["predict", *zips, "-m", "phantom-demo", "--device", "cpu"]
+    assert runner.invoke(app, [*args, "-o", str(tmp_path / "p.csv")]).exit_code == 0
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "p.parquet")])
+    assert r.exit_code == 0, r.output
+    assert_parquet_equals_csv(tmp_path / "p.parquet", tmp_path / "p.csv")
+    r = runner.invoke(app, [*args, "--format", "parquet", "-o", str(tmp_path / "p.csv")])
+    assert r.exit_code == 1 and "FILE.parquet" in r.output
+
+
+def test_dx_find_data_listings(mount: Path, tmp_path: Path) -> None:
+    files = sorted((mount / DIXON).rglob("*.zip"))
+    listing = [{"project": "project-" + "a" * 24, "id": f"file-{i:024d}",
+                "describe": {"name": p.name, "folder": "/" + str(p.parent.relative_to(mount)), "size": p.stat().st_size}}
+               for i, p in enumerate(files)]
+    (tmp_path / "dixon.json").write_text(json.dumps(listing))
+    inputs, expected = discover_inputs(tmp_path / "dixon.json", mount=str(mount), instance=3)
+    assert [f.name for f in inputs.files] == ["1000011_20201_3_0"]
+    assert expected[inputs.files[0].path].size == files[0].stat().st_size
+    assert os.path.exists(inputs.files[0].path)
+
+    text = "\n".join(f"project-{'a' * 24}:/{p.relative_to(mount)}" for p in files)
+    (tmp_path / "paths.txt").write_text(text + "\n")
+    inputs, expected = discover_inputs(tmp_path / "paths.txt", mount=str(mount))
+    assert len(inputs.files) == len(files) and not expected and all(os.path.exists(f.path) for f in inputs.files)
+
+    (tmp_path / "brief.txt").write_text(f"project-{'a' * 24}:file-{'b' * 24}\n")
+    with pytest.raises(UsageError, match="--json"):
+        discover_inputs(tmp_path / "brief.txt")
+
+
+def test_staging_verifies_and_retries_then_reports(mount: Path, tmp_path: Path) -> None:
+    good = sorted((mount / DIXON).rglob("*_2_0.zip"))[0]
+    bad = tmp_path / "9000001_20201_2_0.zip"
+    data = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as zf:
+        info = zf.infolist()[3]
+    data[info.header_offset + 30 + len(info.filename) + 10] ^= 0xFF  # one byte of a member: its CRC fails
+    bad.write_bytes(bytes(data))
+    stager = Stager([InputFile("g", str(good)), InputFile("b", str(bad))], tmp_path / "stage", tries=2, pause_s=0)
+    stager.stage(stager.files[0])
+    stager.stage(stager.files[1])
+    ready = sorted(os.listdir(tmp_path / "stage" / READY))
+    assert len(ready) == 2 and stager.retried == 1 and stager.failed == 1
+    err = next(p for p in (tmp_path / "stage" / READY).iterdir() if p.suffix == ".err").read_text()
+    assert "could not be read intact after 2 tries" in err and str(bad) in err
+    staged = next(p for p in (tmp_path / "stage" / READY).iterdir() if p.is_dir())
+    assert (staged / good.name).read_bytes() == good.read_bytes()
+
+    # in a run: the bad zip is an error row, the others are predicted as without staging
+    src = tmp_path / "src"
+    shutil.copytree(mount / DIXON, src)
+    (src / "90").mkdir(exist_ok=True)
+    shutil.copy(bad, src / "90")
+    out = tmp_path / "out"
+    r = batch(str(src), "-o", str(out), "--stage", str(tmp_path / "st"), "--stage-files", "2")
+    assert r.exit_code == 2, r.output
+    errors = csv_rows(out / "errors.csv")
+    assert [e["name"] for e in errors] == ["9000001_20201_2_0"] and "could not be read intact" in errors[0]["message"]
+    assert errors[0]["path"] == str(src / "90" / bad.name)
+    assert len(csv_rows(out / "predictions.csv")) == len(EIDS) + 1
+    assert not any((tmp_path / "st").rglob("*.zip"))  # staged copies are removed
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    from mimir.batch.records import RecordStore
+
+    store = RecordStore(tmp_path / "a")
+    for i in range(3):
+        store.write({"format": "mimir-batch-record/1", "name": f"s{i}", "status": "failed"})
+    saved: list[str] = []
+    clock = [0.0]
+    cp = Checkpointer(tmp_path / "a", tmp_path / "c.tar.gz", saved.append, every_s=60, every_n=2,
+                      clock=lambda: clock[0])
+    assert not cp.due() and cp.saved_count == 3
+    store.write({"format": "mimir-batch-record/1", "name": "s3", "status": "failed"})
+    assert not cp.due()  # 1 new record, 0 s
+    clock[0] = 61.0
+    assert cp.maybe_save() and saved == [str(tmp_path / "c.tar.gz")] and cp.saved_count == 4
+    assert restore_records(tmp_path / "c.tar.gz", tmp_path / "b") == 4
+    a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.json"))
+    b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.json"))
+    assert a == b and all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in a)
+    pack_records(tmp_path / "a", tmp_path / "d.tar.gz")
+    assert (tmp_path / "d.tar.gz").read_bytes() == (tmp_path / "c.tar.gz").read_bytes()
+
+
+def test_launcher_dry_run_prints_plan_and_commands(tmp_path: Path) -> None:
+    names = [f"{1000000 + i}_20201_2_0.zip" for i in range(50_000)]
+    listing = [{"id": f"file-{i:024d}", "describe": {"name": n, "folder": f"/{DIXON}/{n[:2]}", "size": 50_000_000}}
+               for i, n in enumerate(names)]
+    (tmp_path / "dixon.json").write_text(json.dumps(listing))
+    gpu = parse_instance("mem3_ssd1_gpu_x8")
+    assert gpu.cores == 8 and gpu.gpu and not parse_instance("mem1_ssd1_v2_x16").gpu
+    rate = subjects_per_hour(gpu)
+    p = plan(str(tmp_path / "dixon.json"), instance_type=gpu.name, target_hours=4, price_per_hour=1.5)
+    assert p.num_shards == math.ceil(50_000 / (rate * 4)) and sum(p.per_shard) == 50_000
+    assert p.per_shard[0] == sum(shard_of(n.split(".")[0], p.num_shards) == 0 for n in names)
+    assert p.instance_hours == pytest.approx(50_000 / rate + p.num_shards * BOOT_MIN / 60)
+    r = runner.invoke(app, ["rap", "plan", str(tmp_path / "dixon.json"), "--instance-type", gpu.name,
+                            "--price-per-hour", "1.5", "--listing-file", "project-x:/mimir/dixon.json",
+                            "--modules-file", "project-x:/mimir/modules.tar.gz", "--folder", "project-x:/mimir/run1",
+                            "-m", "module_bodycomp", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert f"subjects: 50000; shards: {p.num_shards}" in lines[0]
+    assert f"estimated cost: {p.instance_hours * 1.5:.2f} at your price of 1.5" in r.stdout
+    cmds = [ln for ln in lines if ln.startswith("dx run mimir-shard")]
+    assert len(cmds) == p.num_shards
+    assert "--instance-type mem3_ssd1_gpu_x8 --priority low" in cmds[0] and "-ishard_index=0" in cmds[0]
+    assert "--cost-limit" in cmds[0] and "restartOn" in cmds[0] and "-imodule=module_bodycomp" in cmds[0]
+    assert "dry run: " in r.output
+
+
+def test_dxapp_json_has_what_dnanexus_documents() -> None:
+    root = Path(__file__).resolve().parents[2] / "deploy" / "ukb-rap"
+    spec = json.loads((root / "dxapp.json").read_text())
+    assert spec["name"] == "mimir-shard" and spec["runSpec"]["interpreter"] == "bash"
+    assert (root / spec["runSpec"]["file"]).is_file()
+    for key in ("distribution", "release", "version"):
+        assert spec["runSpec"][key]
+    classes = {"file", "int", "float", "string", "boolean", "array:string"}
+    names = set()
+    for item in spec["inputSpec"]:
+        assert item["class"] in classes and item["name"].isidentifier()
+        names.add(item["name"])
+    script = (root / spec["runSpec"]["file"]).read_text()
+    for name in names:
+        assert f"${name}" in script or f"${{{name}" in script, name  # every input is used
+    policy = spec["runSpec"]["executionPolicy"]
+    assert set(policy["restartOn"]) <= {"ExecutionError", "UnresponsiveWorker", "JMInternalError", "AppInternalError",
+                                        "JobTimeoutExceeded", "*"}
+    assert spec["access"]["project"] == "CONTRIBUTE"  # uploads to the project folder
