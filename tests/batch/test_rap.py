@@ -269,3 +269,91 @@ def test_dxapp_json_has_what_dnanexus_documents() -> None:
     assert set(policy["restartOn"]) <= {"ExecutionError", "UnresponsiveWorker", "JMInternalError", "AppInternalError",
                                         "JobTimeoutExceeded", "*"}
     assert spec["access"]["project"] == "CONTRIBUTE"  # uploads to the project folder
+
+
+def _run_entry(tmp_path: Path, mount: Path, project: Path, work: Path, listing_id: str, modules_id: str, *,
+               kill_after: int = 0) -> int:
+    """Run the applet's entry script as DNAnexus would (inputs as variables, main()), with the dx stand-in."""
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "dx").write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).with_name('fake_dx.py')} \"$@\"\n")
+    (bin_dir / "dx").chmod(0o755)
+    script = Path(__file__).resolve().parents[2] / "deploy" / "ukb-rap" / "src" / "mimir_shard.sh"
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "FAKE_DX_PROJECT": str(project), "DX_PROJECT_CONTEXT_ID": "project-fake", "MIMIR_WORK": str(work),
+           "FAKE_DX_KILL_AFTER_CHECKPOINTS": str(kill_after), "listing": json.dumps({"$dnanexus_link": listing_id}),
+           "modules": json.dumps({"$dnanexus_link": modules_id}), "num_shards": "2", "shard_index": "0",
+           "output_folder": "/mimir/run1", "mount": str(mount), "checkpoint_minutes": "10",
+           "checkpoint_subjects": "1", "batch_args": "--workers 1 --threads 1 --batch-size 1"}
+    code = 'source "$0"; module=(phantom-demo); main'
+    return subprocess.run(["bash", "-c", code, str(script)], env=env, start_new_session=True, timeout=300).returncode
+
+
+@pytest.mark.slow
+def test_entry_script_end_to_end_interrupted_and_restarted(mount: Path, tmp_path: Path) -> None:
+    """The applet's job, killed mid-shard after a checkpoint, restarted on an empty instance: identical outputs."""
+    import subprocess
+    import sys
+    import tarfile
+
+    extra = [(7000000 + i, 40 + i) for i in range(6)]  # more subjects, so that the shard takes a while
+    big = tmp_path / "mount"
+    shutil.copytree(mount, big)
+    for eid, seed in extra:
+        folder = big / DIXON / str(eid)[:2]
+        folder.mkdir(parents=True, exist_ok=True)
+        generate_subject(folder, seed, small=True, eid=eid).truth_path.unlink()
+    files = sorted((big / DIXON).rglob("*.zip"))
+    listing = [{"project": "project-fake", "id": f"file-{i:024d}",
+                "describe": {"name": p.name, "folder": "/" + str(p.parent.relative_to(big)), "size": p.stat().st_size}}
+               for i, p in enumerate(files)]
+    (tmp_path / "dixon.json").write_text(json.dumps(listing))
+    (tmp_path / "empty").mkdir()
+    with tarfile.open(tmp_path / "modules.tar.gz", "w:gz"):  # phantom-demo is built in: an empty archive
+        pass
+
+    def project_with_inputs(name: str) -> tuple[Path, str, str]:
+        project = tmp_path / name
+        env = {**os.environ, "FAKE_DX_PROJECT": str(project)}
+        fake = [sys.executable, str(Path(__file__).with_name("fake_dx.py"))]
+        ids = [subprocess.run([*fake, "upload", str(tmp_path / f), "--path", f"project-fake:/inputs/{f}", "--brief"],
+                              env=env, capture_output=True, text=True, check=True).stdout.strip()
+               for f in ("dixon.json", "modules.tar.gz")]
+        return project, ids[0], ids[1]
+
+    def archive_members(project: Path) -> dict[str, bytes]:
+        index = json.loads((project / "index.json").read_text())
+        names = sorted(d["name"] for d in index.values() if d["folder"] == "/mimir/run1")
+        assert names == ["shard-0000-of-0002.tar.gz"], names  # the checkpoint is gone, one archive stays
+        fid = next(k for k, d in index.items() if d["name"] == names[0])
+        with tarfile.open(project / "objects" / fid) as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+    # uninterrupted
+    project, listing_id, modules_id = project_with_inputs("p-straight")
+    assert _run_entry(tmp_path, big, project, tmp_path / "w1", listing_id, modules_id) == 0
+    straight = archive_members(project)
+
+    # killed (SIGKILL to the whole job) right after its first checkpoint, then restarted on an empty disk
+    project, listing_id, modules_id = project_with_inputs("p-spot")
+    assert _run_entry(tmp_path, big, project, tmp_path / "w2", listing_id, modules_id, kill_after=1) == -9
+    index = json.loads((project / "index.json").read_text())
+    left = {d["name"] for d in index.values() if d["folder"] == "/mimir/run1"}
+    assert left == {"shard-0000-of-0002.checkpoint.tar.gz"}  # (the old copy may remain: uploaded first, then removed)
+    assert _run_entry(tmp_path, big, project, tmp_path / "w3", listing_id, modules_id) == 0
+    resumed = archive_members(project)
+
+    run = json.loads(resumed["run.json"])
+    assert 1 <= run["counts"]["done_before"] < run["counts"]["subjects"]  # it really resumed mid-shard
+    assert set(resumed) == set(straight) >= {"predictions.csv", "predictions.json", "predictions.parquet", "errors.csv"}
+    for name in sorted(set(straight) - {"run.json", "predictions.parquet"}):
+        assert resumed[name] == straight[name], name
+    import io
+
+    assert pq.read_table(io.BytesIO(resumed["predictions.parquet"])).equals(
+        pq.read_table(io.BytesIO(straight["predictions.parquet"])))
+    expected_names = sorted(p.name.split(".")[0] for p in files if shard_of(p.name.split(".")[0], 2) == 0)
+    assert [r["name"] for r in csv.DictReader(io.StringIO(straight["subjects.csv"].decode()))] == expected_names
