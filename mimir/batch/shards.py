@@ -221,7 +221,9 @@ def open_sources(paths: list[str | os.PathLike[str]]) -> Iterator[list[Source]]:
                 errors = [ErrorRow(*e) for e in run.get("errors", [])]
                 sources.append(Source(label, run, subjects, errors, ParquetStore(p, run), has_json=False, parquet=True))
             else:
+                why = "" if p.exists() else " (no such file or folder)"
                 raise UsageError(
-                    "is neither a batch output folder, a shard archive (.tar.gz) nor a predictions.parquet", path=label
+                    f"is not a mimir batch output folder, shard archive (.tar.gz) or predictions.parquet{why}",
+                    path=label,
                 )
         yield sources
