@@ -38,8 +38,8 @@ from mimir.batch.records import (
     write_outputs,
 )
 from mimir.batch.runner import RUN_JSON, SUBJECTS_CSV
-from mimir.outputs.parquet import PREDICTIONS_PARQUET
 from mimir.errors import EXIT_OK, EXIT_PARTIAL, UsageError
+from mimir.outputs.parquet import PREDICTIONS_PARQUET
 from mimir.utils import atomic
 
 MISSING_CSV = "missing.csv"

@@ -48,8 +48,8 @@ from mimir.batch.records import (
     write_outputs,
 )
 from mimir.batch.stages import Outcome, columns_for, usable_cpus
-from mimir.outputs.parquet import PREDICTIONS_PARQUET
 from mimir.errors import EXIT_OK, EXIT_PARTIAL, MimirError, UsageError
+from mimir.outputs.parquet import PREDICTIONS_PARQUET
 from mimir.utils import atomic
 
 RUN_JSON = "run.json"

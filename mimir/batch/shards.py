@@ -37,7 +37,12 @@ from mimir.batch.records import (
     read_errors,
 )
 from mimir.errors import UsageError
-from mimir.outputs.parquet import PREDICTIONS_PARQUET, iter_rows, read_metadata, write_parquet_from_csv
+from mimir.outputs.parquet import (
+    PREDICTIONS_PARQUET,
+    iter_rows,
+    read_metadata,
+    write_parquet_from_csv,
+)
 from mimir.utils import atomic
 
 RUN_JSON = "run.json"

@@ -61,25 +61,27 @@ class StagingFailed(Exception):
 def copy_verified(src: str, dest: Path, expected: Expected | None) -> int:
     """Copy ``src`` to ``dest`` and verify it (size, MD5 when known, zip CRCs); return its size."""
     before = os.stat(src).st_size
-    md5 = hashlib.md5(usedforsecurity=False)
+    md5 = hashlib.md5(usedforsecurity=False) if expected is not None and expected.md5 else None
     size = 0
     with open(src, "rb") as fi, open(dest, "wb") as fo:
         while True:
             block = fi.read(CHUNK)
             if not block:
                 break
-            md5.update(block)
+            if md5 is not None:
+                md5.update(block)
             fo.write(block)
             size += len(block)
     want = expected.size if expected is not None and expected.size is not None else before
     if size != want:
         raise StagingFailed(f"read {size} bytes, expected {want}")
-    if expected is not None and expected.md5 and md5.hexdigest() != expected.md5:
+    if md5 is not None and expected is not None and md5.hexdigest() != expected.md5:
         raise StagingFailed(f"MD5 {md5.hexdigest()} differs from the listing's {expected.md5}")
     if dest.suffix.lower() == ".zip":
+        from mimir.preprocessing.reader import first_damaged_member
+
         try:
-            with zipfile.ZipFile(dest) as zf:
-                bad = zf.testzip()
+            bad = first_damaged_member(dest)
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as exc:
             raise StagingFailed(f"not a readable zip ({type(exc).__name__}: {exc})") from None
         if bad is not None:

@@ -9,7 +9,15 @@ from typing import Optional
 
 import typer
 
-from mimir.cli.app import EXIT_CODES_HELP, app, handle_errors, module_option, report_error, report_warning, say
+from mimir.cli.app import (
+    EXIT_CODES_HELP,
+    app,
+    handle_errors,
+    module_option,
+    report_error,
+    report_warning,
+    say,
+)
 from mimir.errors import EXIT_ERROR, MimirError
 
 rap_app = typer.Typer(

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from mimir.batch.checkpoint import Checkpointer, pack_records, restore_records
 from mimir.batch.inputs import InputFile, shard_of
 from mimir.batch.launcher import BOOT_MIN, parse_instance, plan, subjects_per_hour
-from mimir.batch.rap import discover_inputs
-from mimir.batch.staging import READY, Stager
+from mimir.batch.rap import Expected, discover_inputs
+from mimir.batch.staging import READY, Stager, StagingFailed, copy_verified
 from mimir.cli import app
 from mimir.errors import UsageError
 from mimir.synth import generate_subject
@@ -184,6 +184,17 @@ def test_staging_verifies_and_retries_then_reports(mount: Path, tmp_path: Path) 
     assert "could not be read intact after 2 tries" in err and str(bad) in err
     staged = next(p for p in (tmp_path / "stage" / READY).iterdir() if p.is_dir())
     assert (staged / good.name).read_bytes() == good.read_bytes()
+
+    # the listing's MD5 is checked when it has one; size alone when not
+    import hashlib
+
+    digest = hashlib.md5(good.read_bytes()).hexdigest()
+    size = good.stat().st_size
+    assert copy_verified(str(good), tmp_path / "ok.zip", Expected(size, digest)) == size
+    with pytest.raises(StagingFailed, match="MD5"):
+        copy_verified(str(good), tmp_path / "x.zip", Expected(size, "0" * 32))
+    with pytest.raises(StagingFailed, match=f"expected {size + 1}"):
+        copy_verified(str(good), tmp_path / "y.zip", Expected(size + 1))
 
     # in a run: the bad zip is an error row, the others are predicted as without staging
     src = tmp_path / "src"
