@@ -75,10 +75,17 @@ def assert_parquet_equals_csv(parquet: Path, csv_path: Path) -> None:
                 assert (math.isnan(v) and text == "nan") or v == float(text), (field.name, v, text)
 
 
-def test_batch_parquet_on_the_mount_with_spaces(mount: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def whole(mount: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``mimir batch "<mount>/Bulk/Whole Body MRI/Dixon" -o out -m phantom-demo --format parquet --instance 2``."""
+    out = tmp_path_factory.mktemp("whole") / "out"
     r = batch(str(mount / DIXON), "-o", str(out), "--format", "parquet", "--instance", "2")
     assert r.exit_code == 0, r.output
+    return out
+
+
+def test_batch_parquet_on_the_mount_with_spaces(whole: Path) -> None:
+    out = whole
     table = pq.read_table(out / "predictions.parquet")
     assert table.column("name").to_pylist() == [f"{e}_20201_2_0" for e in EIDS]  # visit 3 left out
     assert table.schema.field("eid").type == pa.int64() and table.schema.field("ci_level").type == pa.float64()
@@ -91,13 +98,14 @@ def test_batch_parquet_on_the_mount_with_spaces(mount: Path, tmp_path: Path) -> 
     assert json.loads((out / "run.json").read_text())["parquet"] is True
 
 
-def test_parquet_shards_merge_to_the_unsharded_run(mount: Path, tmp_path: Path) -> None:
+def test_parquet_shards_merge_to_the_unsharded_run(mount: Path, whole: Path, tmp_path: Path) -> None:
     src = str(mount / DIXON)
-    whole = tmp_path / "whole"
-    assert batch(src, "-o", str(whole), "--format", "parquet").exit_code == 0
     shards = [tmp_path / f"s{k}" for k in range(2)]
     for k, out in enumerate(shards):
-        assert batch(src, "-o", str(out), "--format", "parquet", "--num-shards", "2", "--shard-index", str(k)).exit_code == 0
+        r = batch(src, "-o", str(out), "--format", "parquet", "--instance", "2", "--num-shards", "2",
+                  "--shard-index", str(k))
+        assert r.exit_code == 0, r.output
+    assert all(csv_rows(s / "predictions.csv") for s in shards)  # both shards hold subjects
     assert {n for s in shards for n in (r["name"] for r in csv_rows(s / "predictions.csv"))} == {
         r["name"] for r in csv_rows(whole / "predictions.csv")}
     expected = pq.read_table(whole / "predictions.parquet")
@@ -235,27 +243,31 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_launcher_dry_run_prints_plan_and_commands(tmp_path: Path) -> None:
-    names = [f"{1000000 + i}_20201_2_0.zip" for i in range(50_000)]
+    n = 20_000
+    names = [f"{1000000 + i}_20201_2_0.zip" for i in range(n)]
     listing = [{"id": f"file-{i:024d}", "describe": {"name": n, "folder": f"/{DIXON}/{n[:2]}", "size": 50_000_000}}
                for i, n in enumerate(names)]
     (tmp_path / "dixon.json").write_text(json.dumps(listing))
     gpu = parse_instance("mem3_ssd1_gpu_x8")
     assert gpu.cores == 8 and gpu.gpu and not parse_instance("mem1_ssd1_v2_x16").gpu
     rate = subjects_per_hour(gpu)
-    p = plan(str(tmp_path / "dixon.json"), instance_type=gpu.name, target_hours=4, price_per_hour=1.5)
-    assert p.num_shards == math.ceil(50_000 / (rate * 4)) and sum(p.per_shard) == 50_000
-    assert p.per_shard[0] == sum(shard_of(n.split(".")[0], p.num_shards) == 0 for n in names)
-    assert p.instance_hours == pytest.approx(50_000 / rate + p.num_shards * BOOT_MIN / 60)
+    p = plan(str(tmp_path / "dixon.json"), instance_type=gpu.name, target_hours=1, price_per_hour=1.5)
+    assert p.num_shards == 1  # 20,000 subjects at the estimated rate
+    assert p.num_shards == math.ceil(n / (rate * 1)) and sum(p.per_shard) == n
+    assert p.instance_hours == pytest.approx(n / rate + p.num_shards * BOOT_MIN / 60)
     r = runner.invoke(app, ["rap", "plan", str(tmp_path / "dixon.json"), "--instance-type", gpu.name,
-                            "--price-per-hour", "1.5", "--listing-file", "project-x:/mimir/dixon.json",
+                            "--price-per-hour", "1.5", "--target-hours", "0.25", "--listing-file", "project-x:/mimir/dixon.json",
                             "--modules-file", "project-x:/mimir/modules.tar.gz", "--folder", "project-x:/mimir/run1",
                             "-m", "module_bodycomp", "--dry-run"])
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert f"subjects: 50000; shards: {p.num_shards}" in lines[0]
-    assert f"estimated cost: {p.instance_hours * 1.5:.2f} at your price of 1.5" in r.stdout
+    q = plan(str(tmp_path / "dixon.json"), instance_type=gpu.name, target_hours=0.25, price_per_hour=1.5)
+    assert q.num_shards == math.ceil(n / (rate * 0.25)) > 1 and sum(q.per_shard) == n
+    assert q.per_shard[1] == sum(shard_of(x.split(".")[0], q.num_shards) == 1 for x in names)  # exact, by name hash
+    assert f"subjects: {n}; shards: {q.num_shards}" in lines[0]
+    assert f"estimated cost: {q.instance_hours * 1.5:.2f} at your price of 1.5" in r.stdout
     cmds = [ln for ln in lines if ln.startswith("dx run mimir-shard")]
-    assert len(cmds) == p.num_shards
+    assert len(cmds) == q.num_shards
     assert "--instance-type mem3_ssd1_gpu_x8 --priority low" in cmds[0] and "-ishard_index=0" in cmds[0]
     assert "--cost-limit" in cmds[0] and "restartOn" in cmds[0] and "-imodule=module_bodycomp" in cmds[0]
     assert "dry run: " in r.output
