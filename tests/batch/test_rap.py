@@ -380,3 +380,29 @@ def test_entry_script_end_to_end_interrupted_and_restarted(mount: Path, tmp_path
         pq.read_table(io.BytesIO(straight["predictions.parquet"])))
     expected_names = sorted(p.name.split(".")[0] for p in files if shard_of(p.name.split(".")[0], 2) == 0)
     assert [r["name"] for r in csv.DictReader(io.StringIO(straight["subjects.csv"].decode()))] == expected_names
+
+
+def test_rap_collect_downloads_and_merges_the_shard_archives(whole: Path, tmp_path: Path, monkeypatch) -> None:
+    """``mimir rap collect`` through the dx stand-in: the archives in the project folder merge into the run."""
+    import sys
+
+    from mimir.batch import dx
+    from mimir.batch.shards import pack
+
+    fake = tmp_path / "dx"
+    fake.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).with_name('fake_dx.py')} \"$@\"\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("MIMIR_DX", str(fake))
+    monkeypatch.setenv("FAKE_DX_PROJECT", str(tmp_path / "project"))
+    pack(whole, tmp_path / "shard-0000-of-0001.tar.gz")
+    dx.replace(str(tmp_path / "shard-0000-of-0001.tar.gz"), "project-fake:/mimir/run1", "shard-0000-of-0001.tar.gz")
+    dx.upload(str(tmp_path / "shard-0000-of-0001.tar.gz"), "project-fake:/mimir/run1", "shard-0000-of-0001.checkpoint.tar.gz")
+    assert [f.name for f in dx.find("project-fake:/mimir/run1", "shard-0000-of-0001.tar.gz")] == ["shard-0000-of-0001.tar.gz"]
+    r = runner.invoke(app, ["rap", "collect", "--folder", "project-fake:/mimir/run1", "-o", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "collected 1 shard(s): 5 predicted, 0 failed, 0 missing" in r.output
+    for name in ("predictions.csv", "predictions.json", "errors.csv"):
+        assert (tmp_path / "m" / name).read_bytes() == (whole / name).read_bytes(), name
+    assert pq.read_table(tmp_path / "m" / "predictions.parquet").equals(pq.read_table(whole / "predictions.parquet"))
+    r = runner.invoke(app, ["rap", "collect", "--folder", "project-fake:/elsewhere", "-o", str(tmp_path / "n")])
+    assert r.exit_code == 1 and "no shard archives" in r.output
