@@ -45,7 +45,7 @@ from mimir.outputs.parquet import (
 )
 from mimir.utils import atomic
 
-RUN_JSON = "run.json"
+RUN_JSON = "run.json"  # the names the runner writes (mimir.batch.runner)
 SUBJECTS_CSV = "subjects.csv"
 REPORT_HTML = "report.html"
 #: Files of a shard archive, in this order (those present).
@@ -53,7 +53,9 @@ ARCHIVE_MEMBERS = (RUN_JSON, SUBJECTS_CSV, PREDICTIONS_CSV, PREDICTIONS_JSON, PR
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
-def _subjects(path: Path) -> list[tuple[str, str]]:
+def read_subjects(path: Path) -> list[tuple[str, str]]:
+    """The (name, path) rows of a subjects.csv (as :func:`mimir.batch.runner.read_subjects`, which the runner
+    owns; this module may not import the runner, which imports it)."""
     with open(path, encoding="utf-8", newline="") as fh:
         return [(r["name"], r["path"]) for r in csv.DictReader(fh)]
 
@@ -66,7 +68,7 @@ def write_batch_parquet(out_dir: str | os.PathLike[str], run: dict[str, Any], in
         "mimir.run": {
             "key": run["key"], "columns": run["columns"], "csv_layout": run["csv_layout"], "shard": run.get("shard"),
             "instance": run.get("instance"),
-            "subjects": [list(s) for s in _subjects(out / SUBJECTS_CSV)],
+            "subjects": [list(s) for s in read_subjects(out / SUBJECTS_CSV)],
             "errors": [[e.name, e.path, e.stage, e.message] for e in errors],
         }
     }
@@ -184,7 +186,7 @@ def _load_run(folder: Path) -> dict[str, Any]:
 def _folder_source(folder: Path, label: str) -> Source:
     run = _load_run(folder)
     try:
-        subjects: list[tuple[str, str]] | None = _subjects(folder / SUBJECTS_CSV)
+        subjects: list[tuple[str, str]] | None = read_subjects(folder / SUBJECTS_CSV)
     except FileNotFoundError:
         subjects = None
     errors = read_errors(folder / ERRORS_CSV)

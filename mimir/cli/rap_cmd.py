@@ -24,6 +24,7 @@ rap_app = typer.Typer(
     help="Run mimir on the UK Biobank Research Analysis Platform (DNAnexus): plan and submit shards, run one "
     "shard in a job (the applet in deploy/ukb-rap/), collect and merge the shards. Guide: docs/ukb-rap.md.",
     no_args_is_help=True,
+    epilog=EXIT_CODES_HELP,
 )
 app.add_typer(rap_app, name="rap")
 
