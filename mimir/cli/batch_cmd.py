@@ -27,7 +27,8 @@ from mimir.errors import UsageError
 def batch_cmd(
     input: str = typer.Argument(  # noqa: A002
         ..., metavar="INPUT",
-        help="A folder (searched recursively for *_20201_*_*.zip and .npy) or a text file with one path per line.",
+        help="A folder (searched recursively for *_20201_*_*.zip and .npy), a text file with one path per line, "
+        "or a dx find data listing (--json or its text output; project paths are taken under --mount).",
         show_default=False,
     ),
     output: Optional[Path] = typer.Option(  # noqa: UP007
