@@ -12,7 +12,10 @@ as ``mimir rap run-shard``:
    when the batch ends or is stopped (SIGTERM).
 3. **Pack and upload** ``shard-<i>-of-<N>.tar.gz`` (:func:`mimir.batch.shards.pack`),
    then remove the checkpoint: two files per shard at most ever live in the
-   project, and one at the end.
+   project, and one at the end. A job whose archive is already in the
+   folder does nothing (a restart after the upload, or a plan submitted
+   again: only unfinished shards run). A checkpoint that cannot be saved
+   is a warning; the run goes on and the next save tries again.
 
 A shard in which some subjects failed is a finished shard (their rows are in
 errors.csv): the job succeeds. It fails (exit 1) only when the batch could
@@ -68,6 +71,11 @@ def run_shard(
     out.mkdir(parents=True, exist_ok=True)
     ckpt_name = f"{stem}.checkpoint.tar.gz"
 
+    done = dx.find(folder, f"{stem}.tar.gz")
+    if done:  # a finished shard (the job restarted after its upload, or the plan was submitted again)
+        say(f"{stem}: already done ({done[0].id}); nothing to do")
+        return ShardResult(0, 0, EXIT_OK, done[0].id, EXIT_OK)
+
     restored = 0
     found = dx.find(folder, ckpt_name)
     if found:
@@ -94,8 +102,12 @@ def run_shard(
     try:
         while child.poll() is None:
             time.sleep(POLL_S)
-            if checkpointer.maybe_save():
-                say(f"{stem}: checkpoint saved ({checkpointer.saved_count} subject record(s))")
+            try:
+                if checkpointer.maybe_save():
+                    say(f"{stem}: checkpoint saved ({checkpointer.saved_count} subject record(s))")
+            except (MimirError, OSError) as exc:  # the run goes on; the next save tries again
+                checkpointer.saved_at = checkpointer.clock()
+                say(f"{stem}: warning: the checkpoint could not be saved ({exc}); trying again later")
         code = child.returncode
     finally:
         if old is not None:

@@ -406,3 +406,12 @@ def test_rap_collect_downloads_and_merges_the_shard_archives(whole: Path, tmp_pa
     assert pq.read_table(tmp_path / "m" / "predictions.parquet").equals(pq.read_table(whole / "predictions.parquet"))
     r = runner.invoke(app, ["rap", "collect", "--folder", "project-fake:/elsewhere", "-o", str(tmp_path / "n")])
     assert r.exit_code == 1 and "no shard archives" in r.output
+
+    # a shard job whose archive is already in the folder does nothing (a restart after its upload)
+    from mimir.batch.rap_job import run_shard
+
+    said: list[str] = []
+    result = run_shard("unused.json", "project-fake:/mimir/run1", shard_index=0, num_shards=1,
+                       work_dir=str(tmp_path / "w"), log=said.append)
+    assert result.restored == 0 and result.checkpoints == 0 and result.archive_id.startswith("file-")
+    assert "already done" in said[0] and not (tmp_path / "w" / "shard-0000-of-0001" / "records").exists()
