@@ -13,7 +13,10 @@ Modules, one stage each, data flowing one way:
 - :mod:`~mimir.batch.progress`: the progress display;
 - :mod:`~mimir.batch.runner`: a run from plan to outputs;
 - :mod:`~mimir.batch.merge`: combining the output folders of shards;
-- :mod:`~mimir.batch.report`: the self-contained HTML report of an output folder (``build_report``).
+- :mod:`~mimir.batch.report`: the self-contained HTML report of an output folder (``build_report``);
+- on the UK Biobank RAP (DNAnexus): :mod:`~mimir.batch.rap` (mount and listings), :mod:`~mimir.batch.staging`,
+  :mod:`~mimir.batch.shards` (Parquet, archives, merge sources), :mod:`~mimir.batch.checkpoint`,
+  :mod:`~mimir.batch.dx`, :mod:`~mimir.batch.rap_job` and :mod:`~mimir.batch.launcher`.
 
 Importing this package loads neither torch nor Ray.
 """

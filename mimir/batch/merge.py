@@ -1,4 +1,4 @@
-"""``mimir merge``: combine the output folders of shards into one set of outputs.
+"""``mimir merge``: combine the output folders of shards (or their archives or Parquet files) into one set of outputs.
 
 Each shard's OUT_DIR holds ``run.json`` (with the validity key and the CSV
 columns), ``subjects.csv`` (the inputs of that shard) and ``records/``. The
@@ -28,18 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from mimir import __version__
-from mimir.batch.inputs import discover
 from mimir.batch.records import (
     ERRORS_CSV,
+    PREDICTIONS_CSV,
     STAGE_INPUT,
     ErrorRow,
-    RecordStore,
     key_digest,
     read_errors,
     write_outputs,
 )
-from mimir.batch.runner import RUN_JSON, SUBJECTS_CSV, read_subjects
+from mimir.batch.runner import RUN_JSON, SUBJECTS_CSV
 from mimir.errors import EXIT_OK, EXIT_PARTIAL, UsageError
+from mimir.outputs.parquet import PREDICTIONS_PARQUET
 from mimir.utils import atomic
 
 MISSING_CSV = "missing.csv"
@@ -60,30 +60,31 @@ class MergeResult:
         return EXIT_OK if not self.failed and not self.missing else EXIT_PARTIAL
 
 
-def _load_run(folder: Path) -> dict[str, Any]:
-    try:
-        run = json.loads((folder / RUN_JSON).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError("is not a mimir batch output folder (no run.json)", path=str(folder)) from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"has an unreadable run.json ({type(exc).__name__})", path=str(folder)) from None
-    if not isinstance(run, dict) or "key" not in run or "columns" not in run:
-        raise UsageError("has a run.json without a validity key (not written by mimir batch)", path=str(folder))
-    return run
-
-
 def merge_outputs(
-    out_dirs: list[str | os.PathLike[str]], dest: str | os.PathLike[str], *, input: str | None = None  # noqa: A002
+    out_dirs: list[str | os.PathLike[str]], dest: str | os.PathLike[str], *, input: str | None = None,  # noqa: A002
+    parquet: bool | None = None,
 ) -> MergeResult:
-    """Merge the batch output folders ``out_dirs`` into ``dest``; see the module docstring."""
+    """Merge batch output folders, shard archives or predictions.parquet files into ``dest``; see the module docstring.
+
+    ``parquet``: write predictions.parquet too (None: when any source has one).
+    Parquet files carry no JSON objects: when one is merged, predictions.json
+    is not written (a problem says so).
+    """
+    from mimir.batch.shards import open_sources
+
     if not out_dirs:
         raise UsageError("give at least one output folder to merge")
-    folders = [Path(d) for d in out_dirs]
     dest_path = Path(dest)
-    if any(dest_path.resolve() == f.resolve() for f in folders):
+    if any(Path(f).exists() and dest_path.resolve() == Path(f).resolve() for f in out_dirs):
         raise UsageError("the merged output folder must not be one of the folders merged", path=str(dest))
     atomic.check_writable_dir(dest_path, what="merged output folder")  # before any work
-    runs = [_load_run(f) for f in folders]
+    with open_sources(list(out_dirs)) as sources:
+        return _merge(sources, dest_path, input=input, parquet=parquet)
+
+
+def _merge(sources: list[Any], dest_path: Path, *, input: str | None, parquet: bool | None) -> MergeResult:  # noqa: A002
+    runs = [s.run for s in sources]
+    folders = [s.label for s in sources]
     key, header = runs[0]["key"], runs[0]["columns"]
     csv_layout = runs[0].get("csv_layout", "wide")
     for f, run in zip(folders[1:], runs[1:]):
@@ -97,21 +98,32 @@ def merge_outputs(
                 f"was made with other modules, pipeline version, interval level, precision or device type than {folders[0]}", path=str(f),
                 hint="Merge only folders of the same run.",
             )
+    if parquet is None:
+        parquet = any(s.parquet for s in sources)
+    if parquet:
+        from mimir.outputs.parquet import require_pyarrow
+
+        require_pyarrow()
+    with_json = all(s.has_json for s in sources)
     result = MergeResult()
 
+    if not with_json:
+        result.problems.append("a Parquet file holds no JSON objects: predictions.json was not written")
     expected: dict[str, str] = {}
-    for f in folders:
-        try:
-            for name, path in read_subjects(f / SUBJECTS_CSV):
-                expected.setdefault(name, path)
-        except FileNotFoundError:
-            result.problems.append(f"{f}: no {SUBJECTS_CSV}; only its records are counted")
+    for src in sources:
+        if src.subjects is None:
+            result.problems.append(f"{src.label}: no {SUBJECTS_CSV}; only its records are counted")
+            continue
+        for name, path in src.subjects:
+            expected.setdefault(name, path)
     if input is not None:
-        found = discover(input)
+        from mimir.batch.rap import discover_inputs
+
+        found, _ = discover_inputs(input, instance=runs[0].get("instance"))
         for x in [*found.files, *found.problems]:
             expected.setdefault(x.name, x.path)
 
-    shards = {(r["shard"]["num_shards"], r["shard"]["shard_index"]) for r in runs if "shard" in r}
+    shards = {(r["shard"]["num_shards"], r["shard"]["shard_index"]) for r in runs if r.get("shard")}
     counts = {n for n, _ in shards}
     for n in sorted(counts):
         absent = sorted(set(range(n)) - {k for m, k in shards if m == n})
@@ -122,14 +134,14 @@ def merge_outputs(
 
     input_errors: list[ErrorRow] = []
     seen: set[tuple[str, str]] = set()
-    for f in folders:
-        for e in read_errors(f / ERRORS_CSV):
+    for src in sources:
+        for e in src.errors:
             if e.stage == STAGE_INPUT and (e.name, e.path) not in seen:
                 seen.add((e.name, e.path))
                 input_errors.append(e)
     refused = {e.name for e in input_errors}
 
-    stores = [RecordStore(f) for f in folders]
+    stores = [s.store for s in sources]
     duplicates = 0
 
     def lookup(name: str) -> dict[str, Any] | None:
@@ -141,7 +153,7 @@ def merge_outputs(
         return (ok or found or [None])[0]
 
     names = sorted(n for n in expected if n not in refused)
-    written = write_outputs(dest_path, names, lookup, header, input_errors, csv_layout=csv_layout)
+    written = write_outputs(dest_path, names, lookup, header, input_errors, csv_layout=csv_layout, with_json=with_json)
     if duplicates:
         result.problems.append(
             f"{duplicates} subject(s) were predicted in more than one folder; the first folder's record was kept"
@@ -152,6 +164,14 @@ def merge_outputs(
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(("name", "path"))
         writer.writerows((n, expected.get(n, "")) for n in result.missing)
+    if parquet:
+        from mimir.outputs.parquet import write_parquet_from_csv
+
+        meta_run = {"key": key, "columns": header, "csv_layout": csv_layout, "shard": None,
+                    "instance": runs[0].get("instance"), "subjects": [[n, expected[n]] for n in sorted(expected)],
+                    "errors": [[e.name, e.path, e.stage, e.message] for e in read_errors(dest_path / ERRORS_CSV)]}
+        write_parquet_from_csv(dest_path / PREDICTIONS_CSV, dest_path / PREDICTIONS_PARQUET, layout=csv_layout,
+                               n_modules=len(key["modules"]), metadata={"mimir.run": meta_run})
     merged = {
         "format": "mimir-batch-merge/1",
         "mimir_version": __version__,
@@ -161,6 +181,8 @@ def merge_outputs(
         "key_digest": key_digest(key),
         "columns": header,
         "csv_layout": csv_layout,
+        "parquet": bool(parquet),
+        "instance": runs[0].get("instance"),
         "counts": {"subjects": len(expected), "predicted": result.predicted, "failed": result.failed,
                    "missing": len(result.missing)},
         "problems": result.problems,

@@ -294,6 +294,7 @@ def write_outputs(
     header: Sequence[str],
     input_errors: Iterable[ErrorRow] = (),
     csv_layout: str = "wide",
+    with_json: bool = True,
 ) -> Outputs:
     """Write predictions.csv, predictions.json and errors.csv from the records, sorted by name.
 
@@ -303,6 +304,7 @@ def write_outputs(
     atomically; memory use does not grow with the number of subjects beyond
     the list of names. ``csv_layout`` ``long`` writes predictions.csv with one
     row per subject x target (made from each record's JSON object).
+    ``with_json=False`` leaves predictions.json out (records without JSON objects).
     """
     from mimir.inference.predictions import LONG_HEADER, long_rows
 
@@ -310,9 +312,10 @@ def write_outputs(
     result = Outputs()
     errors: list[ErrorRow] = list(input_errors)
     names = sorted(set(names))
+    json_path = out / PREDICTIONS_JSON if with_json else Path(os.devnull)
     with (
         atomic.atomic_path(out / PREDICTIONS_CSV) as csv_tmp,
-        atomic.atomic_path(out / PREDICTIONS_JSON) as json_tmp,
+        contextlib.nullcontext(json_path) if not with_json else atomic.atomic_path(json_path) as json_tmp,
     ):
         with open(csv_tmp, "w", encoding="utf-8", newline="") as cf, open(json_tmp, "w", encoding="utf-8") as jf:
             long = csv_layout == "long"

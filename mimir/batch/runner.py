@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mimir import __version__
-from mimir.batch.inputs import InputFile, Inputs, discover, resolve_shard, select_shard
+from mimir.batch.inputs import InputFile, Inputs, resolve_shard, select_shard
 from mimir.batch.progress import Monitor
 from mimir.batch.records import (
     ERRORS_CSV,
@@ -49,6 +49,7 @@ from mimir.batch.records import (
 )
 from mimir.batch.stages import Outcome, columns_for, usable_cpus
 from mimir.errors import EXIT_OK, EXIT_PARTIAL, MimirError, UsageError
+from mimir.outputs.parquet import PREDICTIONS_PARQUET
 from mimir.utils import atomic
 
 RUN_JSON = "run.json"
@@ -84,6 +85,17 @@ class BatchOptions:
     threads: int | None = None
     #: predictions.csv layout: ``wide`` (one row per subject) or ``long`` (one row per subject x target)
     csv_layout: str = "wide"
+    #: Also write predictions.parquet (wide or long, as ``csv_layout``; needs pyarrow).
+    parquet: bool = False
+    #: UK Biobank visit to keep (2 or 3; None: all), and the RAP inputs (see :mod:`mimir.batch.rap`).
+    instance: int | None = None
+    #: Where ``dx find data`` listings' project paths are mounted (dxfuse; default /mnt/project).
+    mount: str | None = None
+    #: Copy inputs to this local folder ahead of the workers, verified (see :mod:`mimir.batch.staging`).
+    stage_dir: str | None = None
+    #: Staging look-ahead: files and bytes staged but not yet preprocessed, at most.
+    stage_files: int = 8
+    stage_bytes: int = 4 << 30
     #: Replaces the preprocessing function (a picklable top-level function; for tests and custom readers).
     preprocess: Any = None
     #: Also write each subject's NIfTI volumes and sidecar into this folder (``--volumes``; docs/volumes.md).
@@ -155,6 +167,14 @@ def _check(options: BatchOptions) -> None:
         from mimir.batch.volumes import check_volume_options
 
         check_volume_options(options.volumes, options.engine, options.preprocess)
+    if options.parquet:
+        from mimir.outputs.parquet import require_pyarrow
+
+        require_pyarrow()
+    if options.instance is not None and options.instance not in (2, 3):
+        raise UsageError(f"--instance must be 2 or 3 (the imaging visits), got {options.instance}")
+    if options.stage_dir is not None and options.engine != "local":
+        raise UsageError("--stage works with --engine local only")
 
 
 @contextlib.contextmanager
@@ -319,7 +339,9 @@ def _execute(
     started_wall, started_at = started
 
     with _locked(out), _sigterm_as_interrupt():
-        everything = discover(opts.input, skip=out)
+        from mimir.batch.rap import discover_inputs
+
+        everything, expected_files = discover_inputs(opts.input, skip=out, instance=opts.instance, mount=opts.mount)
         inputs = select_shard(everything, num_shards, shard_index)
         store = RecordStore(out)
         store.remove_stale_temporaries()
@@ -362,6 +384,9 @@ def _execute(
             "key": key,
             "columns": header,
             "csv_layout": opts.csv_layout,
+            "parquet": opts.parquet,
+            "instance": opts.instance,
+            "staged": opts.stage_dir is not None,
             "output_schema": key["output_schema"],
             "retry_failed": opts.retry_failed,
             "volumes": None if opts.volumes is None else
@@ -410,14 +435,23 @@ def _execute(
         final_status = "complete"
         try:
             if todo:
-                for name in (PREDICTIONS_CSV, PREDICTIONS_JSON, ERRORS_CSV):
+                for name in (PREDICTIONS_CSV, PREDICTIONS_JSON, ERRORS_CSV, PREDICTIONS_PARQUET):
                     with contextlib.suppress(FileNotFoundError):
                         (out / name).unlink()
                 monitor.begin(len(todo), len(status.ok) + len(status.failed))
                 run["queue_size"] = getattr(getattr(engine, "config", None), "image_queue_size", None)
                 from mimir.batch.local import Hooks
 
-                report = engine.run(todo, Hooks(ready=ready, outcome=outcome), monitor)
+                stager: Any = contextlib.nullcontext()
+                if opts.stage_dir is not None:
+                    from mimir.batch.staging import staging
+
+                    stager = staging(todo, opts.stage_dir, expected_files, max_files=opts.stage_files,
+                                     max_bytes=opts.stage_bytes)
+                with stager as staged:
+                    report = engine.run(todo, Hooks(ready=ready, outcome=outcome), monitor)
+                if staged is not None:
+                    run["staging"] = {"retried": staged.retried, "unreadable": staged.failed}
                 unfinished_by_engine = report.unfinished
         except KeyboardInterrupt:
             final_status = "interrupted"
@@ -455,6 +489,10 @@ def _execute(
             written = write_outputs(
                 out, names, lambda n: store.valid(n, key), header, input_errors, csv_layout=opts.csv_layout
             )
+            if opts.parquet:
+                from mimir.batch.shards import write_batch_parquet
+
+                write_batch_parquet(out, run, input_errors)
             unfinished = len(written.missing)
             run["status"] = "complete" if unfinished == 0 else "incomplete"
             run["counts"].update(
@@ -490,11 +528,16 @@ def _make_engine(
     """The engine of ``opts.engine``; ``precision`` is the resolved one (``fp32``/``bf16``), given to every child."""
     from mimir.batch.local import LocalConfig
 
+    preprocess = opts.preprocess
+    if opts.stage_dir is not None:
+        from mimir.batch.staging import staged_preprocess
+
+        preprocess = staged_preprocess(opts.stage_dir, preprocess)
     config = LocalConfig(
         modules=opts.modules or None, devices=list(devices),
         workers=(opts.workers or 0) if opts.engine == "ray" else workers, batch_size=opts.batch_size,
         level=opts.level, precision=precision, cache=opts.cache, queue_size=opts.queue_size, threads=opts.threads,
-        preprocess=opts.preprocess,
+        preprocess=preprocess,
     )
     if opts.engine == "ray":
         from mimir.batch.ray_engine import RayEngine

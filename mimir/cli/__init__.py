@@ -12,6 +12,7 @@ from mimir.cli import (  # noqa: F401  (registers commands)
     report_cmd,
     preprocess_cmd,
     qc_cmd,
+    rap_cmd,
     reference_cmd,
     synth_cmd,
     targets_cmd,

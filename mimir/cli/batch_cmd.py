@@ -22,6 +22,7 @@ from mimir.cli.app import (
     volume_contrasts,
     volumes_option,
 )
+from mimir.errors import UsageError
 from mimir.utils.install import extra_help
 
 
@@ -30,7 +31,8 @@ from mimir.utils.install import extra_help
 def batch_cmd(
     input: str = typer.Argument(  # noqa: A002
         ..., metavar="INPUT",
-        help="A folder (searched recursively for *_20201_*_*.zip and .npy) or a text file with one path per line.",
+        help="A folder (searched recursively for *_20201_*_*.zip and .npy), a text file with one path per line, "
+        "or a dx find data listing (--json or its text output; project paths are taken under --mount).",
         show_default=False,
     ),
     output: Optional[Path] = typer.Option(  # noqa: UP007
@@ -40,9 +42,25 @@ def batch_cmd(
     out_alias: Optional[Path] = typer.Option(None, "--out", hidden=True),  # noqa: UP007 (old spelling)
     module: Optional[list[str]] = module_option(columns=True),  # noqa: UP007 (typer needs Optional)
     csv_format: str = typer.Option(
-        "wide", "--format", metavar="wide|long",
-        help="predictions.csv layout: wide (one row per subject) or long (one row per subject and target).",
+        "wide", "--format", metavar="wide|long|parquet",
+        help="predictions.csv layout: wide (one row per subject) or long (one row per subject and target); "
+        "parquet: wide, plus predictions.parquet with the same rows (pip install 'ukb-mimir[parquet]').",
     ),
+    instance: Optional[int] = typer.Option(  # noqa: UP007
+        None, "--instance", metavar="2|3",
+        help="Keep only this imaging visit's zips (<eid>_20201_<instance>_0.zip).", show_default=False,
+    ),
+    mount: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--mount", metavar="FOLDER",
+        help="Where a dx find data listing's project paths are mounted (default /mnt/project).", show_default=False,
+    ),
+    stage: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "--stage", metavar="FOLDER",
+        help="Copy inputs to this local folder ahead of the workers, verified (size, MD5, zip CRCs) and re-read "
+        "when bad: for a slow or unreliable mount such as dxfuse.", show_default=False,
+    ),
+    stage_files: int = typer.Option(8, "--stage-files", min=1, metavar="N", help="Files staged ahead at most."),
+    stage_gb: float = typer.Option(4.0, "--stage-gb", min=0.01, metavar="GB", help="Gigabytes staged ahead at most."),
     gpu: Optional[str] = typer.Option(  # noqa: UP007
         None, "--gpu", metavar="N[,N...]",
         help="GPU index, or a list such as 0,1: one inference process per GPU listed (0,0: two on GPU 0).",
@@ -115,7 +133,9 @@ def batch_cmd(
         input=input, out_dir=str(out_dir), modules=module or None, device=device, gpus=parse_gpus(gpu),
         precision=precision, workers=workers, batch_size=batch_size, level=ci, retry_failed=retry_failed,
         num_shards=num_shards, shard_index=shard_index, engine=engine, address=address, cache=not no_cache,
-        queue_size=queue_size, threads=threads, csv_layout=csv_format,
+        queue_size=queue_size, threads=threads, csv_layout="wide" if csv_format == "parquet" else csv_format,
+        parquet=csv_format == "parquet", instance=instance, mount=mount,
+        stage_dir=None if stage is None else str(stage), stage_files=stage_files, stage_bytes=int(stage_gb * 1e9),
         volumes=None if volumes is None else str(volumes), volume_contrasts=wanted,
     )
     from mimir.preprocessing import kernels
@@ -175,7 +195,13 @@ def interrupted_message(done_before: int, processed: int, out_dir: Path) -> str:
 @handle_errors
 def merge_cmd(
     out_dirs: list[Path] = typer.Argument(
-        ..., metavar="FOLDER...", help="Output folders of the shards (or runs).", show_default=False
+        ..., metavar="SHARD...",
+        help="Output folders of the shards (or runs), their archives (.tar.gz) or predictions.parquet files.",
+        show_default=False,
+    ),
+    out_format: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--format", metavar="parquet",
+        help="parquet: also write predictions.parquet (default: when a shard has one).", show_default=False,
     ),
     output: Optional[Path] = typer.Option(  # noqa: UP007
         None, "-o", "--output", metavar="FOLDER", help="Folder for the merged outputs. Required.", show_default=False
@@ -196,7 +222,10 @@ def merge_cmd(
     from mimir.batch.merge import merge_outputs
 
     output = pick_output(output, out_alias, required=True)
-    result = merge_outputs([str(d) for d in out_dirs], str(output), input=input)
+    if out_format not in (None, "parquet"):
+        raise UsageError(f"unknown --format {out_format!r}", hint="merge keeps the shards' layout; --format parquet adds Parquet.")
+    result = merge_outputs([str(d) for d in out_dirs], str(output), input=input,
+                           parquet=True if out_format == "parquet" else None)
     for problem in result.problems:
         report_warning(problem)
     if result.missing:

@@ -63,8 +63,9 @@ def predict_cmd(
     ),
     out_alias: Optional[Path] = typer.Option(None, "--out", hidden=True),  # noqa: UP007 (old spelling)
     csv_format: str = typer.Option(
-        "wide", "--format", metavar="wide|long",
-        help="CSV layout: wide (one row per subject) or long (one row per subject and target).",
+        "wide", "--format", metavar="wide|long|parquet",
+        help="CSV layout: wide (one row per subject) or long (one row per subject and target); parquet: the wide "
+        "columns as a typed .parquet file (also chosen by -o FILE.parquet).",
     ),
     ci: float = typer.Option(0.95, "--ci", metavar="LEVEL", help="Confidence level of the intervals, between 0 and 1."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
@@ -105,8 +106,20 @@ def predict_cmd(
         z_value(ci)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    parquet = csv_format == "parquet" or (output is not None and output.suffix.lower() == ".parquet")
+    if parquet:
+        from mimir.outputs.parquet import require_pyarrow
+
+        require_pyarrow()
+        if output is None or output.suffix.lower() != ".parquet" or csv_format not in ("wide", "parquet"):
+            raise UsageError("--format parquet writes a .parquet file (wide columns)", hint="Add -o FILE.parquet.")
+        csv_format = "wide"
     check_layout(csv_format)
-    if output is not None:
+    if output is not None and parquet:
+        from mimir.utils.atomic import check_writable_file
+
+        check_writable_file(output)
+    elif output is not None:
         output_format(output)  # fail on a bad extension before any work
         check_layout(csv_format, output)
         if output.is_dir():
@@ -147,7 +160,16 @@ def predict_cmd(
         render_tables(ok, console)
     else:
         try:
-            write_results(output, ok, predictor.layout, csv_layout=csv_format)
+            if parquet:
+                import io
+
+                from mimir.outputs.parquet import write_parquet_from_csv
+                from mimir.outputs.writers import csv_text
+
+                write_parquet_from_csv(io.StringIO(csv_text(ok, predictor.layout)), output, layout="wide",
+                                       n_modules=len(predictor.modules))
+            else:
+                write_results(output, ok, predictor.layout, csv_layout=csv_format)
         except OSError as exc:
             raise UsageError(
                 f"the predictions were computed but could not be written ({exc.strerror or exc})",

@@ -324,6 +324,32 @@ def _read_member_direct(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | N
     return data
 
 
+def first_damaged_member(path: str | os.PathLike[str]) -> str | None:
+    """The name of the first member of a zip that does not read back intact, or None when every one does.
+
+    Each member is inflated and its CRC-32 compared with the zip's own, one
+    member at a time (memory: one member of at most ``MAX_MEMBER_BYTES``;
+    larger ones are streamed by zipfile), with the fast reader where it
+    applies. Used to verify a copy made over an unreliable mount before any
+    image is made from it. Raises ``zipfile.BadZipFile`` / ``OSError`` when
+    the file is not a readable zip at all.
+    """
+    cap = MAX_MEMBER_BYTES.value()
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            if info.file_size <= cap and _read_member_direct(zf, info) is not None:
+                continue
+            try:
+                with zf.open(info) as fh:  # zipfile checks the CRC at the end of the stream
+                    while fh.read(_CHUNK):
+                        pass
+            except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, *_INFLATE_ERRORS):
+                return info.filename
+    return None
+
+
 def _read_member_bytes(
     zf: zipfile.ZipFile,
     info: zipfile.ZipInfo,

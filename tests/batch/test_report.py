@@ -170,6 +170,8 @@ def test_report_is_well_formed_and_self_contained(tmp_path: Path) -> None:
     assert "url(" not in text and "@import" not in text
     # hostile text from errors.csv is escaped, not executed
     assert HOSTILE not in text and "&lt;script&gt;alert" in text
+    # it says that it holds per-subject data (what may leave the UK Biobank RAP: docs/ukb-rap.md)
+    assert "Contains per-subject data" in text
 
 
 @pytest.mark.parametrize("layout", ["wide", "long"])

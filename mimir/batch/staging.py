@@ -1,0 +1,228 @@
+"""Staging: copy inputs from a slow or unreliable mount (dxfuse) to local disk ahead of the workers, verified.
+
+A :class:`Stager` thread in the main process copies the subjects to do, in
+the order the engine hands them out, into ``STAGE_DIR/ready/<key>/<file name>``
+(``key``: the record key of the subject name), keeping at most
+``max_files`` files and ``max_bytes`` bytes staged but not yet preprocessed
+(the look-ahead). A worker that wants a subject not yet staged says so
+(``STAGE_DIR/want/<key>``); wanted subjects go first, even past the
+look-ahead, so the run never waits on the order.
+
+Each copy is verified before a worker may read it: its size against the
+listing's size (or the size the mount reported before the copy), its MD5
+against the listing's when there is one, and, for a zip, the CRC-32 of every
+member (the zip's own checksums; this catches a corrupted read even when the
+platform gives no checksum). A copy that fails is read again, up to
+``tries`` times with a growing pause; one that never reads intact becomes an
+error row (stage ``preprocess``) naming the file and the last reason, never
+an image made from bad bytes. The worker deletes the staged copy once it
+has made the image, freeing the look-ahead.
+
+The worker side is :func:`staged_preprocess`, which wraps the engine's
+preprocessing function (a picklable ``functools.partial``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import shutil
+import threading
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mimir.batch.inputs import InputFile
+from mimir.batch.rap import Expected
+from mimir.batch.records import record_key
+
+READY, WANT, TMP = "ready", "want", "tmp"
+#: Seconds between looks at the staging folder (stager and workers).
+POLL_S = 0.05
+#: Seconds a worker waits for its file before giving up with an error row.
+WAIT_S = 3600.0
+#: Bytes per read while copying.
+CHUNK = 4 << 20
+
+
+def _key(name: str) -> str:
+    return record_key(name)
+
+
+class StagingFailed(Exception):
+    """A copy did not verify."""
+
+
+def copy_verified(src: str, dest: Path, expected: Expected | None) -> int:
+    """Copy ``src`` to ``dest`` and verify it (size, MD5 when known, zip CRCs); return its size."""
+    before = os.stat(src).st_size
+    md5 = hashlib.md5(usedforsecurity=False) if expected is not None and expected.md5 else None
+    size = 0
+    with open(src, "rb") as fi, open(dest, "wb") as fo:
+        while True:
+            block = fi.read(CHUNK)
+            if not block:
+                break
+            if md5 is not None:
+                md5.update(block)
+            fo.write(block)
+            size += len(block)
+    want = expected.size if expected is not None and expected.size is not None else before
+    if size != want:
+        raise StagingFailed(f"read {size} bytes, expected {want}")
+    if md5 is not None and expected is not None and md5.hexdigest() != expected.md5:
+        raise StagingFailed(f"MD5 {md5.hexdigest()} differs from the listing's {expected.md5}")
+    if dest.suffix.lower() == ".zip":
+        from mimir.preprocessing.reader import first_damaged_member
+
+        try:
+            bad = first_damaged_member(dest)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as exc:
+            raise StagingFailed(f"not a readable zip ({type(exc).__name__}: {exc})") from None
+        if bad is not None:
+            raise StagingFailed(f"member {bad} fails its CRC check")
+    return size
+
+
+class Stager(threading.Thread):
+    """Stages ``files`` (in order) into ``root``; see the module docstring."""
+
+    def __init__(
+        self, files: Sequence[InputFile], root: str | os.PathLike[str], expected: Mapping[str, Expected] | None = None,
+        *, max_files: int = 8, max_bytes: int = 4 << 30, tries: int = 3, pause_s: float = 0.5,
+    ) -> None:
+        super().__init__(name="mimir-stager", daemon=True)
+        self.files = list(files)
+        self.by_key = {_key(f.name): f for f in self.files}
+        self.root = Path(root)
+        self.expected = dict(expected or {})
+        self.max_files, self.max_bytes = max(1, max_files), max(1, max_bytes)
+        self.tries, self.pause_s = max(1, tries), pause_s
+        self.stop_event = threading.Event()
+        self.done: set[str] = set()
+        #: counts for run.json: copies retried, files that never verified
+        self.retried = 0
+        self.failed = 0
+        for sub in (READY, WANT, TMP):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def _in_flight(self) -> tuple[int, int]:
+        n = size = 0
+        for entry in os.scandir(self.root / READY):
+            n += 1
+            if entry.is_dir():
+                for f in os.scandir(entry.path):
+                    with contextlib.suppress(OSError):
+                        size += f.stat().st_size
+        return n, size
+
+    def _wanted(self) -> list[str]:
+        return sorted(k for k in os.listdir(self.root / WANT) if k in self.by_key and k not in self.done)
+
+    def stage(self, f: InputFile) -> None:
+        """Stage one file (or write its error) into ``ready/``."""
+        key = _key(f.name)
+        self.done.add(key)
+        tmp_dir = self.root / TMP / key
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir(parents=True)
+        dest = tmp_dir / Path(f.path).name
+        reason = ""
+        for attempt in range(self.tries):
+            if attempt:
+                self.retried += 1
+                time.sleep(self.pause_s * 2 ** (attempt - 1))
+            try:
+                copy_verified(f.path, dest, self.expected.get(f.path))
+            except FileNotFoundError:
+                reason = "no such file"
+                break
+            except (StagingFailed, OSError) as exc:
+                reason = str(exc) if isinstance(exc, StagingFailed) else f"{type(exc).__name__}: {exc.strerror or exc}"
+                continue
+            os.replace(tmp_dir, self.root / READY / key)
+            return
+        self.failed += 1
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tries = "" if reason == "no such file" else f" after {self.tries} tries"
+        err = self.root / READY / f"{key}.err"
+        err.write_text(f"{f.path}: could not be read intact{tries} ({reason}); it was not preprocessed", encoding="utf-8")
+
+    def run(self) -> None:
+        pending = [f for f in self.files]
+        i = 0
+        while not self.stop_event.is_set():
+            wanted = self._wanted()
+            if wanted:
+                self.stage(self.by_key[wanted[0]])
+                continue
+            while i < len(pending) and _key(pending[i].name) in self.done:
+                i += 1
+            if i < len(pending):
+                n, size = self._in_flight()
+                if n < self.max_files and size < self.max_bytes:
+                    self.stage(pending[i])
+                    continue
+            self.stop_event.wait(POLL_S)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=30)
+
+
+@contextlib.contextmanager
+def staging(
+    files: Sequence[InputFile], root: str | os.PathLike[str], expected: Mapping[str, Expected] | None = None, **kw: Any
+) -> Iterator[Stager]:
+    """Run a :class:`Stager` for the block; the staging folder is emptied at the end."""
+    stager = Stager(files, root, expected, **kw)
+    stager.start()
+    try:
+        yield stager
+    finally:
+        stager.stop()
+        for sub in (READY, WANT, TMP):
+            shutil.rmtree(Path(root) / sub, ignore_errors=True)
+
+
+def _preprocess_staged(
+    name: str, path: str, *, stage_dir: str, inner: Callable[..., tuple[Any, str | None]] | None, cache: bool = True
+) -> tuple[Any, str | None]:
+    """Worker side: wait for the staged copy of ``path``, preprocess it, delete it."""
+    from mimir.batch.stages import preprocess_or_error
+
+    key = _key(name)
+    root = Path(stage_dir)
+    ready, err = root / READY / key, root / READY / f"{key}.err"
+    with contextlib.suppress(OSError):
+        (root / WANT / key).touch()
+    deadline = time.monotonic() + WAIT_S
+    while not ready.is_dir() and not err.exists():
+        if time.monotonic() > deadline:
+            return None, f"{path}: was not staged within {WAIT_S:.0f} s; it was not preprocessed"
+        time.sleep(POLL_S)
+    with contextlib.suppress(OSError):
+        (root / WANT / key).unlink()
+    if err.exists():
+        message = err.read_text(encoding="utf-8")
+        with contextlib.suppress(OSError):
+            err.unlink()
+        return None, message
+    local = str(ready / Path(path).name)
+    try:
+        result, message = (inner or preprocess_or_error)(name, local, cache=cache)
+    finally:
+        shutil.rmtree(ready, ignore_errors=True)
+    if message:
+        message = message.replace(local, path)
+    return result, message
+
+
+def staged_preprocess(stage_dir: str, inner: Callable[..., tuple[Any, str | None]] | None = None) -> Any:
+    """The engine's preprocessing function reading staged copies from ``stage_dir`` (picklable)."""
+    return functools.partial(_preprocess_staged, stage_dir=os.path.abspath(stage_dir), inner=inner)
