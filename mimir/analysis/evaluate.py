@@ -227,6 +227,11 @@ def _arrays(part: pd.DataFrame) -> tuple[np.ndarray, ...]:
     return tuple(part[c].to_numpy(dtype=np.float64) for c in ("reference", "mean", "variance", "ci_low", "ci_high"))
 
 
+def _field_of(part: pd.DataFrame) -> int | None:
+    fields = [f for f in part["field"] if f is not None and not (isinstance(f, float) and math.isnan(f))]
+    return int(fields[0]) if fields else None
+
+
 def evaluate_frame(joined: pd.DataFrame, min_count: int = DEFAULT_MIN_COUNT) -> list[dict[str, Any]]:
     """One record per module and target of a joined frame (:func:`join_reference`), subgroups included."""
     records = []
@@ -238,7 +243,7 @@ def evaluate_frame(joined: pd.DataFrame, min_count: int = DEFAULT_MIN_COUNT) -> 
         rec: dict[str, Any] = {
             "module": module, "module_version": str(part["module_version"].iloc[0]) if len(part) else "",
             "target": target, "unit": joined.loc[part.index[0], "unit"] if len(part) else "",
-            "field": None if not len(part) or part["field"].iloc[0] is None else int(part["field"].iloc[0]),
+            "field": _field_of(part),
             "reference_column": ";".join(sorted(set(part["reference_column"].dropna()))),
             **{k: v for k, v in g.items()}, **_published(str(module), str(target)),
         }
@@ -252,7 +257,7 @@ def evaluate_frame(joined: pd.DataFrame, min_count: int = DEFAULT_MIN_COUNT) -> 
 
 def _csv(records: list[dict[str, Any]]) -> str:
     frame = pd.DataFrame([{c: r.get(c) for c in METRIC_COLUMNS} for r in records], columns=list(METRIC_COLUMNS))
-    return frame.to_csv(index=False, float_format="%.10g")
+    return frame.to_csv(index=False)
 
 
 def _jsonable(value: Any) -> Any:
@@ -378,7 +383,7 @@ def evaluate(predictions: str | os.PathLike[str], reference: str | os.PathLike[s
         atomic.write_text(out / "evaluation.html", _html(doc, records))
     written = None
     if per_subject is not None:
-        text = f"# {PER_SUBJECT_NOTE}\n" + joined.to_csv(index=False, float_format="%.10g")
+        text = f"# {PER_SUBJECT_NOTE}\n" + joined.to_csv(index=False)
         atomic.write_text(per_subject, text)
         written = Path(per_subject)
     return EvaluationResult(out, records, unmatched, written)
