@@ -82,8 +82,14 @@ def _catalogue_units() -> dict[int, str]:
     return {e.field: e.unit for e in catalogue() if e.field is not None}
 
 
+#: Spellings of one unit (lower case, no spaces) -> the catalogue's spelling.
+_UNIT_ALIASES = {"percent": "%", "pct": "%", "litre": "l", "liter": "l", "litres": "l", "liters": "l",
+                 "year": "years", "kilogram": "kg", "kilograms": "kg", "centimetre": "cm", "centimeter": "cm"}
+
+
 def _norm_unit(unit: Any) -> str:
-    return str(unit or "").strip().lower().replace(" ", "")
+    text = str(unit or "").strip().lower().replace(" ", "")
+    return _UNIT_ALIASES.get(text, text)
 
 
 def join_reference(predictions: pd.DataFrame, table: PhenotypeTable,

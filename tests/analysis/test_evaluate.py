@@ -201,6 +201,18 @@ def test_unit_mismatch_is_one_line_naming_both(tmp_path: Path) -> None:
     pd.DataFrame({"eid": [3000001], "p21002_i2": [70.0]}).to_csv(tmp_path / "r.csv", index=False)
     with pytest.raises(UsageError, match=r"in 'g', UK Biobank records field 21002 in 'kg'"):
         evaluate(tmp_path / "p.csv", tmp_path / "r.csv", tmp_path / "ev", figures=False)
+    # another spelling of the same unit is no mismatch
+    layout = layout_for([("mod_p", "1.0", [("liver_fat", "percent", 22402)], "research")])
+    rows = []
+    for i in range(12):
+        r = SubjectResult.for_input(f"/x/{3000100 + i}_20201_2_0.zip")
+        r.predictions = [TargetPrediction(layout[0], value=4.0 + i, variance=1.0)]
+        rows.append(r)
+    (tmp_path / "p2.csv").write_text(long_csv_text(rows))  # the long layout names each target's field
+    pd.DataFrame({"eid": [3000100 + i for i in range(12)], "p22402_i2": [4.5 + i for i in range(12)]}).to_csv(
+        tmp_path / "r2.csv", index=False)
+    res = evaluate(tmp_path / "p2.csv", tmp_path / "r2.csv", tmp_path / "ev2", figures=False)
+    assert res.rows[0]["n"] == 12 and res.rows[0]["bias"] == pytest.approx(-0.5)
 
 
 def test_map_overrides_and_errors(study) -> None:

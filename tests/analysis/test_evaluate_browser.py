@@ -6,7 +6,6 @@ Needs the distribution's ``chromium`` and ``chromium-driver`` and ``selenium``
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,39 +13,26 @@ import pytest
 pytest.importorskip("matplotlib", reason="the report extra (pip install 'ukb-mimir[report]') is needed")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is needed (pip install 'ukb-mimir[browser]')")
 
+from headless import CHROMIUM, DRIVER, SKIP_REASON, headless_chromium  # noqa: E402
 from test_evaluate import make_study, rap_table  # noqa: E402
 
 from mimir.analysis.evaluate import evaluate  # noqa: E402
 from mimir.outputs.writers import csv_text  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromium-driver (apt) are not installed"),
+    pytest.mark.skipif(not (CHROMIUM and DRIVER), reason=SKIP_REASON),
 ]
 
 
 def test_evaluation_page_renders_offline_with_its_figures_and_says_it_is_safe(tmp_path: Path) -> None:
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     results, ref, _ = make_study()
     (tmp_path / "p.csv").write_text(csv_text(results))
     rap_table(ref).to_csv(tmp_path / "r.csv", index=False)
     res = evaluate(tmp_path / "p.csv", tmp_path / "r.csv", tmp_path / "ev")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600",
-                "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-                "--host-resolver-rules=MAP * ~NOTFOUND"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    try:
-        driver.execute_cdp_cmd("Network.enable", {})
-        driver.execute_cdp_cmd("Network.emulateNetworkConditions",
-                               {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0})
+    with headless_chromium() as driver:
         driver.get((res.out_dir / "evaluation.html").resolve().as_uri())
         banner = driver.find_element(By.ID, "safe-to-export")
         assert banner.is_displayed() and banner.text.startswith("Safe to export.")
@@ -62,5 +48,3 @@ def test_evaluation_page_renders_offline_with_its_figures_and_says_it_is_safe(tm
         assert driver.execute_script("return arguments[0].naturalWidth", images[0]) > 800
         severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
         assert not severe, severe
-    finally:
-        driver.quit()
