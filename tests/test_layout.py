@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "outputs": {"errors", "utils", "inference"},
     "training": {"errors", "utils", "preprocessing", "models"},
     "batch": {"errors", "utils", "preprocessing", "models", "inference", "outputs"},
-    "analysis": {"errors", "utils", "models"},
+    "analysis": {"errors", "utils", "models", "training"},
     "demo": {"errors", "utils", "preprocessing", "models", "inference", "outputs", "synth"},
     "cli": {"errors", "utils", "preprocessing", "models", "inference", "outputs", "synth", "training", "batch", "demo", "analysis"},
     "__main__": {"cli"},

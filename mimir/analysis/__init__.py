@@ -2,10 +2,15 @@
 
 - :mod:`~mimir.analysis.tables`: reading mimir's prediction files (any layout) into one long
   frame, and UK Biobank phenotype tables in any of their column conventions.
+- :mod:`~mimir.analysis.metrics`: agreement and calibration metrics (ICC(2,1), Bland-Altman,
+  R2, MAE, MAPE, coverage, the original MIMIR calibration curve, AUCE, sparsification).
+- :mod:`~mimir.analysis.evaluate`: ``mimir evaluate``, an export-safe folder of those metrics.
+- :mod:`~mimir.analysis.calibrate`: ``mimir calibrate``, interval refit and derived module.
 
 >>> from mimir.analysis import read_predictions, PhenotypeTable
 >>> preds = read_predictions("out/predictions.csv")
 >>> weight = PhenotypeTable.read("phenotypes.csv").values("p21002_i2")
+>>> result = evaluate("out/predictions.csv", "phenotypes.csv", "evaluation/")
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ _EXPORTS = {
     "PhenotypeTable": "mimir.analysis.tables",
     "parse_field_column": "mimir.analysis.tables",
     "PREDICTION_COLUMNS": "mimir.analysis.tables",
+    "evaluate": "mimir.analysis.evaluate",
+    "calibrate_module": "mimir.analysis.calibrate",
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

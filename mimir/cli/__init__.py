@@ -5,7 +5,9 @@ Each command lives in its own module and registers itself on :data:`app`.
 
 from mimir.cli import (  # noqa: F401  (registers commands)
     batch_cmd,
+    calibrate_cmd,
     demo_cmd,
+    evaluate_cmd,
     explain_cmd,
     fetch_cmd,
     predict_cmd,

@@ -94,6 +94,15 @@ def mixture(means: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, np.nd
     return mean, variances.mean(axis=0) + spread
 
 
+def recalibrate(
+    mean: np.ndarray, variance: np.ndarray, intercept: Sequence[float], slope: Sequence[float],
+    scale: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A derived module's refit on the mixed (mean, variance), each (B, T): ``a + b * mean``, ``s * variance``."""
+    a, b, s = (np.asarray(x, dtype=np.float64) for x in (intercept, slope, scale))
+    return a + b * np.asarray(mean, dtype=np.float64), s * np.asarray(variance, dtype=np.float64)
+
+
 def z_value(level: float = DEFAULT_LEVEL) -> float:
     """The standard normal quantile for a two-sided interval at ``level`` (0.95 -> 1.95996...)."""
     if not (0.0 < level < 1.0):

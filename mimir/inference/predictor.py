@@ -45,6 +45,7 @@ from mimir.inference.predictions import (
     csv_header,
     layout_for,
     mixture,
+    recalibrate,
     set_ood_score,
     z_value,
 )
@@ -395,7 +396,9 @@ class Predictor:
         converted = [convert_output(r, mu, sd, cal, div) for r in raw]
         means = np.stack([c[0] for c in converted])
         variances = np.stack([c[1] for c in converted])
-        return mixture(means, variances)
+        mean, variance = mixture(means, variances)
+        refit = lm.spec.recalibration_arrays()
+        return (mean, variance) if refit is None else recalibrate(mean, variance, *refit)
 
     def predict_arrays(self, images: np.ndarray | Any) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per module, (mean, variance) of shape (B, T) in display units, ensemble combined."""

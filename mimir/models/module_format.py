@@ -91,6 +91,10 @@ class TargetSpec:
     #: values the target can take, in display units: (low, high), either None for unbounded;
     #: intervals are cut to it (the mean is not). None: unbounded.
     support: tuple[float | None, float | None] | None = None
+    #: a derived module's refit (``mimir calibrate``), applied to the ensemble's mean and variance after mixing:
+    #: {"variance_scale": s, "mean_intercept": a, "mean_slope": b}; mean' = a + b * mean, variance' = s * variance.
+    #: None: none (the module's own calibration only).
+    recalibration: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -104,6 +108,8 @@ class TargetSpec:
         }
         if self.support is not None:  # absent, not null: module.json digests of older modules stay as they were
             out["support"] = list(self.support)
+        if self.recalibration is not None:  # likewise absent unless a derived module refitted it
+            out["recalibration"] = dict(self.recalibration)
         return out
 
     @classmethod
@@ -119,6 +125,7 @@ class TargetSpec:
             calibration=float(d.get("calibration_factor", 1.0)),
             metrics=d.get("metrics"),
             support=parse_support(d.get("support")),
+            recalibration=parse_recalibration(d.get("recalibration")),
         )
 
 
@@ -143,6 +150,37 @@ def parse_support(value: Any) -> tuple[float | None, float | None] | None:
     if low is not None and high is not None and not low < high:
         raise ValueError(f"support low {low} must be below high {high}")
     return (low, high)
+
+
+#: Keys of a target's ``recalibration`` and their value when absent.
+RECALIBRATION_KEYS = {"variance_scale": 1.0, "mean_intercept": 0.0, "mean_slope": 1.0}
+
+
+def parse_recalibration(value: Any) -> dict[str, float] | None:
+    """``{"variance_scale", "mean_intercept", "mean_slope"}`` (missing keys: identity); None stays None.
+
+    Raises ValueError for anything else: not an object, an unknown key, a
+    non-finite number, a scale outside the calibration range, a slope of 0.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError("recalibration must be an object")
+    unknown = set(value) - set(RECALIBRATION_KEYS)
+    if unknown:
+        raise ValueError(f"recalibration has unknown key {sorted(unknown)[0]!r}")
+    out = {}
+    for key, default in RECALIBRATION_KEYS.items():
+        v = value.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            raise ValueError(f"recalibration {key} must be a finite number")
+        out[key] = float(v)
+    if not CALIBRATION_RANGE[0] <= out["variance_scale"] <= CALIBRATION_RANGE[1]:
+        raise ValueError(f"recalibration variance_scale {out['variance_scale']:g} is outside "
+                         f"{CALIBRATION_RANGE[0]:g} to {CALIBRATION_RANGE[1]:g}")
+    if out["mean_slope"] == 0 or abs(out["mean_intercept"]) > MAX_ABS_MEAN or abs(out["mean_slope"]) > 1e6:
+        raise ValueError("recalibration mean_slope must be non-zero and the intercept and slope of sane size")
+    return out
 
 
 @dataclass
@@ -250,6 +288,19 @@ class ModuleSpec:
         t = self.targets
         return [x.mean for x in t], [x.sd for x in t], [x.calibration for x in t], [x.divisor for x in t]
 
+    def recalibration_arrays(self) -> tuple[list[float], list[float], list[float]] | None:
+        """(intercept, slope, variance scale) per target of a recalibrated (derived) module; None when no target has one."""
+        if all(x.recalibration is None for x in self.targets):
+            return None
+        rec = [x.recalibration or RECALIBRATION_KEYS for x in self.targets]
+        return ([r["mean_intercept"] for r in rec], [r["mean_slope"] for r in rec], [r["variance_scale"] for r in rec])
+
+    @property
+    def means_recalibrated(self) -> bool:
+        """True when a target's means are linearly recalibrated (``mimir calibrate --recalibrate-means``)."""
+        return any(x.recalibration is not None and (x.recalibration["mean_intercept"] != 0.0
+                                                    or x.recalibration["mean_slope"] != 1.0) for x in self.targets)
+
 
 # --------------------------------------------------------------------------- validation
 
@@ -347,6 +398,7 @@ def spec_from_json(data: Any, *, path: Path | None = None, where: str = MODULE_J
         _validate_support(t.get("support"), spec.name, where)
         try:
             spec.support = parse_support(t.get("support"))
+            spec.recalibration = parse_recalibration(t.get("recalibration"))
         except ValueError as exc:
             raise ModuleError(f"target {spec.name}: {_quote(str(exc))}", path=where) from None
         _validate_target(spec, where)

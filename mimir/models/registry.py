@@ -199,8 +199,7 @@ def install_module(
             _refuse_existing(target_name, force)
             out = staging / target_name
             out.mkdir()
-            for m in spec.members:
-                shutil.copy2(spec.member_path(m), out / m.file)
+            _copy_files(spec, out)
             if target_name != spec.name:
                 spec.name = target_name
                 (out / "module.json").write_text(spec.dumps(), encoding="utf-8")
@@ -232,6 +231,55 @@ def install_module(
         shutil.rmtree(staging, ignore_errors=True)
     spec = read_module(final)
     return spec
+
+
+def _copy_files(spec: ModuleSpec, out: Path) -> None:
+    """Copy a module's member files and OOD reference (byte for byte) from its folder into ``out``."""
+    for m in spec.members:
+        shutil.copy2(spec.member_path(m), out / m.file)
+    if spec.ood is not None and spec.path is not None:
+        shutil.copy2(spec.path / spec.ood.file, out / spec.ood.file)
+
+
+def install_derived(spec: ModuleSpec, parent: ModuleSpec, *, force: bool = False) -> ModuleSpec:
+    """Install ``spec`` (a new module.json) with the member and OOD files of ``parent``, copied unchanged.
+
+    Used by ``mimir calibrate``: the derived module differs from its parent in
+    module.json only, so its members hash as the parent's. The parent is
+    verified first; the module is staged in the registry and renamed into
+    place only when complete (a failure leaves the registry as it was).
+    """
+    _check_name(spec.name)
+    if [m.to_json() for m in spec.members] != [m.to_json() for m in parent.members]:
+        raise ModuleError("a derived module must keep its parent's members", path=spec.name)
+    if spec.name == parent.name:
+        raise UsageError(f"the derived module needs a name of its own, not {parent.name!r}",
+                         hint="Choose another name with -o.")
+    _refuse_existing(spec.name, force)
+    verify_module(parent)
+    dest_root = modules_dir()
+    try:
+        dest_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".install-", dir=dest_root))
+    except OSError as exc:
+        raise UsageError(f"cannot write the module registry ({exc.strerror or exc})", path=str(dest_root),
+                         hint="Set MIMIR_HOME to a folder you can write to.") from None
+    try:
+        out = staging / spec.name
+        out.mkdir()
+        _copy_files(parent, out)
+        (out / "module.json").write_text(spec.dumps(), encoding="utf-8")
+        installed = read_module(out)
+        verify_module(installed)
+        check_members(installed)
+        final = dest_root / spec.name
+        replace_dir(out, final)
+    except OSError as exc:
+        raise ModuleError(f"cannot be installed ({exc.strerror or exc}); the registry is unchanged", path=spec.name,
+                          hint="Free space or fix the permissions of MIMIR_HOME, then try again.") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return read_module(final)
 
 
 def _check_name(name: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,39 +17,21 @@ import pytest
 pytest.importorskip("matplotlib", reason="the report extra (pip install 'ukb-mimir[report]') is needed")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is needed (pip install 'ukb-mimir[browser]')")
 
+from headless import CHROMIUM, DRIVER, SKIP_REASON, headless_chromium  # noqa: E402
 from test_report import make_batch_folder  # noqa: E402
 
 from mimir.batch.report import build_report  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromium-driver (apt) are not installed"),
+    pytest.mark.skipif(not (CHROMIUM and DRIVER), reason=SKIP_REASON),
 ]
 
 
 @pytest.fixture
 def browser():
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1600", "--hide-scrollbars",
-                # network off: every request would go to a dead proxy, and no name resolves
-                "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-                "--host-resolver-rules=MAP * ~NOTFOUND"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    try:
-        driver.execute_cdp_cmd("Network.enable", {})
-        driver.execute_cdp_cmd("Network.emulateNetworkConditions",
-                               {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0})
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_report_renders_offline_and_a_click_shows_the_preview(tmp_path: Path, browser) -> None:
