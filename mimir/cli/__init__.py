@@ -4,7 +4,9 @@ Each command lives in its own module and registers itself on :data:`app`.
 """
 
 from mimir.cli import (  # noqa: F401  (registers commands)
+    agegap_cmd,
     batch_cmd,
+    change_cmd,
     demo_cmd,
     explain_cmd,
     fetch_cmd,

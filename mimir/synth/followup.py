@@ -5,7 +5,8 @@ the same seed with one chosen change applied to its drawn parameters
 (:class:`~mimir.synth.body.BodyParams`), rendered in a new acquisition: new
 positioning (station offsets, chin margin), new coil shading and noise, a study
 date 2-3 years after the first visit. The truth of the follow-up holds its own
-values, the first visit's values and their difference.
+values, the first visit's values and their difference (the actual change, which
+for a kept-within-range parameter can be smaller than asked).
 
 Changes (:data:`CHANGES`; ``size`` is a relative or absolute step, see
 :data:`CHANGE_HELP`, with the defaults of :data:`DEFAULT_SIZES`):
@@ -13,8 +14,8 @@ Changes (:data:`CHANGES`; ``size`` is a relative or absolute step, see
 - ``none``: the same body (only the acquisition differs); the true change is 0.
 - ``weight``: every fat depot grows by a fraction ``size``: subcutaneous
   (abdominal, limbs, breast) thicknesses x (1 + size), visceral load x (1 + size).
-- ``liver_fat``: liver fat fraction + ``size`` percentage points.
-- ``vat``: visceral load (0-1) + ``size``.
+- ``liver_fat``: liver fat fraction + ``size`` percentage points (kept within 0.1-50 %).
+- ``vat``: visceral load (0-1) + ``size`` (kept within 0-0.98).
 - ``thigh_muscle``: muscle cross-section scale x (1 + ``size``) (every muscle,
   so thigh muscle volume changes by about that fraction).
 
@@ -82,16 +83,13 @@ def changed_params(params: BodyParams, change: str, size: float | None = None) -
         new = {"sc_mm": p.sc_mm * (1 + s), "leg_fat_mm": p.leg_fat_mm * (1 + s), "arm_fat_mm": p.arm_fat_mm * (1 + s),
                "breast_mm": p.breast_mm * (1 + s), "visceral": min(0.98, p.visceral * (1 + s))}
     elif change == "liver_fat":
-        ff = p.liver_ff + s / 100.0
-        if not 0.001 <= ff <= 0.5:
-            raise UsageError(f"liver fat change of {s} points leaves 0.1-50 % ({100 * ff:.1f} %)",
-                             hint="Use a smaller change.")
-        new = {"liver_ff": ff}
+        if not -30.0 <= s <= 30.0:
+            raise UsageError(f"liver fat change size {s} out of range", hint="Use -30 to 30 percentage points.")
+        new = {"liver_ff": min(0.5, max(0.001, p.liver_ff + s / 100.0))}  # kept within 0.1-50 %
     elif change == "vat":
-        v = p.visceral + s
-        if not 0.0 <= v <= 0.98:
-            raise UsageError(f"visceral load change of {s} leaves 0-0.98 ({v:.2f})", hint="Use a smaller change.")
-        new = {"visceral": v}
+        if not -0.5 <= s <= 0.5:
+            raise UsageError(f"visceral load change size {s} out of range", hint="Use -0.5 to 0.5.")
+        new = {"visceral": min(0.98, max(0.0, p.visceral + s))}  # kept within 0-0.98
     elif change == "thigh_muscle":
         if not -0.5 <= s <= 0.5:
             raise UsageError(f"muscle change size {s} out of range", hint="Use a fraction from -0.5 to 0.5.")
