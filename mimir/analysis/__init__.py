@@ -2,6 +2,9 @@
 
 - :mod:`~mimir.analysis.tables`: reading mimir's prediction files (any layout) into one long
   frame, and UK Biobank phenotype tables in any of their column conventions.
+- :mod:`~mimir.analysis.agegap`: the age gap, corrected for regression to the mean, cross-fitted.
+- :mod:`~mimir.analysis.change`: visit-to-visit change with its standard error, z and flag.
+- :mod:`~mimir.analysis.joins`: ages and visit dates joined to predictions; the tables written.
 
 >>> from mimir.analysis import read_predictions, PhenotypeTable
 >>> preds = read_predictions("out/predictions.csv")
@@ -17,6 +20,10 @@ _EXPORTS = {
     "PhenotypeTable": "mimir.analysis.tables",
     "parse_field_column": "mimir.analysis.tables",
     "PREDICTION_COLUMNS": "mimir.analysis.tables",
+    "correct_age_gap": "mimir.analysis.agegap",
+    "age_gap_table": "mimir.analysis.agegap",
+    "change_statistics": "mimir.analysis.change",
+    "visit_change": "mimir.analysis.change",
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -225,7 +225,9 @@ def select_target(preds: pd.DataFrame, target: str | None, path: object = None) 
                              else f"holds several targets in years ({', '.join(keys)})", path,
                              "Choose one with --target." if keys else "Pass predictions of a module that predicts age.")
         target = keys[0]
-    rows = preds[(preds["key"] == target) | (preds["target"] == target)]
+    module, dot, name = target.partition(".")
+    rows = preds[(preds["key"] == target) | (preds["target"] == target)
+                 | ((preds["module"] == module) & (preds["target"] == name) if dot else False)]
     if rows.empty:
         raise UsageError(f"has no target {target!r}", path, f"Targets: {', '.join(sorted(set(preds['key'])))}.")
     if rows["module"].nunique() > 1:
