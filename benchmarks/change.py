@@ -60,7 +60,9 @@ def _prepare(args: tuple[int, str, float, int, str, bool]) -> list[str]:
         truth = Path(work) / f"{eid}_{instance}.truth.json"
         out.append(str(npy))
         if npy.is_file() and truth.is_file():
-            continue
+            fu = json.loads(truth.read_text()).get("follow_up")
+            if instance == 2 or (fu["change"] == change and (change == "none" or fu["size"] == size)):
+                continue  # made by an earlier run with the same change
         kw = {} if instance == 2 else {"instance": 3, "change": change, "change_size": None if change == "none" else size}
         study = build_study(seed, small=small, **kw)
         zpath = Path(work) / f"{eid}_20201_{instance}_0.zip"

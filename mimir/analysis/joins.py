@@ -216,3 +216,18 @@ def read_eids(path: str | os.PathLike[str]) -> set[int]:
     if not eids:
         raise UsageError("lists no eids", path, "List the reference subjects' eids, one per line.")
     return eids
+
+
+def check_outputs(output: Path | None, summary: Path | None) -> Path:
+    """The table's path (``.csv`` or ``.parquet``), with it and the summary's checked writable before any work."""
+    from mimir.utils.atomic import check_writable_file
+
+    if output is None:
+        raise UsageError("missing option -o/--output", hint="Say where to write the table (.csv or .parquet).")
+    if output.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise UsageError(f"unknown output format {output.suffix or '(no extension)'!r}", output,
+                         "Give a .csv or .parquet file name.")
+    check_writable_file(output)
+    if summary is not None:
+        check_writable_file(summary)
+    return output

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mimir.cli.app import EXIT_CODES_HELP, app, console, handle_errors, pick_output, say
+from mimir.cli.app import EXIT_CODES_HELP, app, console, handle_errors, say
 
 #: Printed with every per-subject table written (UK Biobank's RAP lets only aggregates leave).
 PLATFORM_NOTE = ("{path} holds one row per subject: keep it inside the platform (on UK Biobank's RAP only "
@@ -57,21 +57,14 @@ def age_gap_cmd(
     """
     from mimir.analysis.agegap import age_gap_summary, age_gap_table, select_target
     from mimir.analysis.change import critical_z
-    from mimir.analysis.joins import ages_for, read_eids, write_summary, write_table
+    from mimir.analysis.joins import ages_for, check_outputs, read_eids, write_summary, write_table
     from mimir.analysis.tables import PhenotypeTable, read_predictions
     from mimir.errors import UsageError
-    from mimir.utils.atomic import check_writable_file
 
-    out = pick_output(output, None, required=True)
-    if out.suffix.lower() not in (".csv", ".parquet", ".pq"):
-        raise UsageError(f"unknown output format {out.suffix or '(no extension)'!r}", out,
-                         "Give a .csv or .parquet file name.")
     if method not in ("gap", "inverse"):
         raise UsageError(f"unknown --method {method!r}", hint="Choose gap or inverse.")
     critical_z(level)
-    check_writable_file(out)
-    if summary is not None:
-        check_writable_file(summary)
+    out = check_outputs(output, summary)
     rows = select_target(read_predictions(predictions), target, predictions)
     age = ages_for(rows, PhenotypeTable.read(ages), age_column)
     ref = read_eids(reference) if reference is not None else None

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mimir.cli.agegap_cmd import PLATFORM_NOTE
-from mimir.cli.app import EXIT_CODES_HELP, app, console, handle_errors, pick_output, say
+from mimir.cli.app import EXIT_CODES_HELP, app, console, handle_errors, say
 
 
 @app.command("change", epilog=EXIT_CODES_HELP)
@@ -55,15 +55,10 @@ def change_cmd(
     Example: [bold]mimir change predictions.csv -o change.csv --dates participants.csv --summary change.json[/]
     """
     from mimir.analysis.change import change_summary, critical_z, visit_change
-    from mimir.analysis.joins import dates_from_table, dates_from_zips, write_summary, write_table
+    from mimir.analysis.joins import check_outputs, dates_from_table, dates_from_zips, write_summary, write_table
     from mimir.analysis.tables import PhenotypeTable, read_predictions
     from mimir.errors import UsageError
-    from mimir.utils.atomic import check_writable_file
 
-    out = pick_output(output, None, required=True)
-    if out.suffix.lower() not in (".csv", ".parquet", ".pq"):
-        raise UsageError(f"unknown output format {out.suffix or '(no extension)'!r}", out,
-                         "Give a .csv or .parquet file name.")
     try:
         first, second = (int(v) for v in visits.split(","))
     except ValueError:
@@ -73,9 +68,7 @@ def change_cmd(
     if date_column is not None and dates is None:
         raise UsageError("--date-column needs --dates")
     critical_z(level)
-    check_writable_file(out)
-    if summary is not None:
-        check_writable_file(summary)
+    out = check_outputs(output, summary)
     preds = read_predictions(predictions)
     visit_dates = None
     if dates is not None:

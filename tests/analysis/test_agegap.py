@@ -178,7 +178,7 @@ def test_ages_join_by_eid_and_instance_in_either_convention(tmp_path: Path) -> N
 
 
 def test_bad_joins_are_refused_in_one_line(tmp_path: Path) -> None:
-    preds, ages, age, pred = _files(tmp_path, 10)
+    preds, _, age, _ = _files(tmp_path, 10)
     frame = read_predictions(preds)
     with pytest.raises(UsageError, match="not in years"):
         select_target(frame, "weight")

@@ -105,7 +105,7 @@ def test_pairing_by_eid_and_the_rows(tmp_path: Path) -> None:
     assert reverse["change"].tolist() == pytest.approx([-4.0, 0.5]) and set(reverse["target"]) == {"weight"}
     agg = change_summary(table, unpaired)
     assert agg["subjects_with_one_visit"] == 1
-    wsum = [t for t in agg["targets"] if t["target"] == "weight"][0]
+    wsum = next(t for t in agg["targets"] if t["target"] == "weight")
     assert wsum["pairs"] == 2 and wsum["flagged"] == 1 and wsum["mean_change"] == pytest.approx(1.75)
 
 
@@ -116,7 +116,7 @@ def test_failed_visit_is_kept_with_its_status(tmp_path: Path) -> None:
     path = tmp_path / "p.json"
     path.write_text(json_text(results))
     frame = read_predictions(path)
-    if not (frame["eid"] == 1_000_001).sum() == 4:  # a failed subject may be written without target rows
+    if (frame["eid"] == 1_000_001).sum() != 4:  # a failed subject may be written without target rows
         extra = frame[(frame["eid"] == 1_000_001)].copy()
         extra["instance"] = 3
         extra["mean"] = np.nan
