@@ -110,7 +110,10 @@ def _zip_date(path: Path) -> pd.Timestamp | None:
                 if info.is_dir() or info.file_size > MAX_DATE_MEMBER_BYTES or info.filename.endswith(
                         (".cvs", ".csv", ".txt")):
                     continue
-                data = zf.read(info)
+                with zf.open(info) as fh:  # at most the cap, whatever the header claims
+                    data = fh.read(MAX_DATE_MEMBER_BYTES + 1)
+                if len(data) > MAX_DATE_MEMBER_BYTES:
+                    continue
                 try:
                     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True,
                                          specific_tags=list(DATE_ATTRIBUTES))
@@ -121,7 +124,7 @@ def _zip_date(path: Path) -> pd.Timestamp | None:
                     if len(text) == 8 and text.isdigit():
                         return pd.Timestamp(f"{text[:4]}-{text[4:6]}-{text[6:]}")
                 return None
-    except (zipfile.BadZipFile, OSError, EOFError):
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError):  # unreadable: no date
         return None
     return None
 
