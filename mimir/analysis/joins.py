@@ -83,14 +83,17 @@ def ages_for(rows: pd.DataFrame, table: PhenotypeTable, column: str | None = Non
     return ages
 
 
-def dates_from_table(table: PhenotypeTable, instances: list[int], column: str | None = None) -> pd.DataFrame:
+def dates_from_table(table: PhenotypeTable, instances: list[int], columns: list[str] | None = None) -> pd.DataFrame:
     """Visit dates (eid, instance, date, source) from field 53 at ``instances`` (empty cells left out).
 
-    ``column`` may name a ``{instance}`` template (``visit_date_i{instance}``) instead of field 53.
+    ``columns`` may name the date column of each instance instead (same order as ``instances``).
     """
+    if columns is not None and len(columns) != len(instances):
+        raise UsageError(f"{len(columns)} date column(s) for {len(instances)} visits", table.path,
+                         "Name one date column per visit, in the order of the visits.")
     parts = []
-    for inst in instances:
-        col = column.format(instance=inst) if column else table.find(DATE_FIELD, inst)
+    for k, inst in enumerate(instances):
+        col = columns[k] if columns else table.find(DATE_FIELD, inst)
         if col is None:
             raise UsageError(f"has no visit date for instance {inst} (field {DATE_FIELD}: p53_i{inst}, 53-{inst}.0)",
                              table.path, "Export field 53 for both visits, or leave out --dates.")

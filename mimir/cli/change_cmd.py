@@ -31,9 +31,9 @@ def change_cmd(
     dates: Optional[Path] = typer.Option(  # noqa: UP007
         None, "--dates", metavar="TABLE", help="Phenotype table with the visit dates (field 53: p53_i2, 53-2.0, "
         "...), keyed by eid: adds years and change per year.", show_default=False),
-    date_column: Optional[str] = typer.Option(  # noqa: UP007
-        None, "--date-column", metavar="TEMPLATE", help="--dates: column of the date, {instance} standing for "
-        "the instance (default: field 53).", show_default=False),
+    date_columns: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--date-columns", metavar="A,B", help="--dates: the date columns of the two visits (default: "
+        "field 53 at each instance).", show_default=False),
     zips: Optional[Path] = typer.Option(  # noqa: UP007
         None, "--zips", metavar="FOLDER", help="Read each visit's acquisition date (DICOM StudyDate) from "
         "FOLDER/<name>.zip instead.", show_default=False),
@@ -65,14 +65,15 @@ def change_cmd(
         raise UsageError(f"--visits takes two instances such as 2,3, got {visits!r}") from None
     if dates is not None and zips is not None:
         raise UsageError("give the visit dates once: --dates or --zips")
-    if date_column is not None and dates is None:
-        raise UsageError("--date-column needs --dates")
+    if date_columns is not None and dates is None:
+        raise UsageError("--date-columns needs --dates")
     critical_z(level)
     out = check_outputs(output, summary)
     preds = read_predictions(predictions)
     visit_dates = None
     if dates is not None:
-        visit_dates = dates_from_table(PhenotypeTable.read(dates), [first, second], date_column)
+        cols = None if date_columns is None else [c.strip() for c in date_columns.split(",")]
+        visit_dates = dates_from_table(PhenotypeTable.read(dates), [first, second], cols)
     elif zips is not None:
         visit_dates = dates_from_zips(zips, preds[preds["instance"].isin([first, second])].dropna(subset=["eid"]))
     table, unpaired = visit_change(preds, first, second, level, error_correlation, visit_dates, target)

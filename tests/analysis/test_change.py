@@ -207,3 +207,16 @@ def test_derived_docs_list_the_change_columns() -> None:
     assert f"change table, schema version {CHANGE_SCHEMA_VERSION}" in text
     for col in CHANGE_COLUMNS:
         assert f"| `{col}` |" in text, col
+
+
+def test_named_date_columns(tmp_path: Path) -> None:
+    pheno = tmp_path / "dates.csv"
+    pd.DataFrame({"eid": [1_000_001], "first_scan": ["2015-01-01"], "second_scan": ["2016-01-01"]}).to_csv(
+        pheno, index=False)
+    table = PhenotypeTable.read(pheno)
+    dates = dates_from_table(table, [2, 3], ["first_scan", "second_scan"])
+    assert dates["date"].tolist() == [pd.Timestamp("2015-01-01"), pd.Timestamp("2016-01-01")]
+    with pytest.raises(UsageError, match="has no visit date for instance 2"):
+        dates_from_table(table, [2, 3])
+    with pytest.raises(UsageError, match="1 date column"):
+        dates_from_table(table, [2, 3], ["first_scan"])

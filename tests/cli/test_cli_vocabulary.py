@@ -15,7 +15,7 @@ from mimir.cli import app
 
 runner = CliRunner()
 COMMANDS = ["predict", "batch", "merge", "demo", "preprocess", "synth", "train", "fetch-weights", "list-targets",
-            "explain", "report", "qc", "fit-reference"]
+            "explain", "report", "qc", "fit-reference", "age-gap", "change"]
 FORBIDDEN = ("<bool>", "<list[", "<int", "<float", "<str>", "<path>", "{")
 
 
@@ -42,7 +42,7 @@ def test_every_help_shows_placeholders_not_python_types() -> None:
 
 
 def test_every_command_names_its_output_option_alike() -> None:
-    for cmd in ("predict", "batch", "merge", "demo", "preprocess", "synth", "train"):
+    for cmd in ("predict", "batch", "merge", "demo", "preprocess", "synth", "train", "age-gap", "change"):
         r = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200"})
         assert "--output" in r.stdout and "-o" in r.stdout, cmd
         assert "--out " not in r.stdout, cmd  # the old spelling is a hidden alias
