@@ -4,8 +4,10 @@ Each command lives in its own module and registers itself on :data:`app`.
 """
 
 from mimir.cli import (  # noqa: F401  (registers commands)
+    agegap_cmd,
     batch_cmd,
     calibrate_cmd,
+    change_cmd,
     demo_cmd,
     evaluate_cmd,
     explain_cmd,

@@ -38,6 +38,14 @@ def synth(
     swap_region: Optional[str] = typer.Option(  # noqa: UP007
         None, "--swap-region", metavar="REGION", help="fat_water_swap_partial: left, right, arms or slices; "
         "default: drawn from the seed.", show_default=False),
+    follow_up: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--follow-up", metavar="CHANGE", help="Also write each subject's follow-up visit (same eid, "
+        "<eid>_20201_3_0.zip and its truth, a new acquisition 2-3 years later) with this change: none, weight, "
+        "liver_fat, vat or thigh_muscle.", show_default=False),
+    change_size: Optional[float] = typer.Option(  # noqa: UP007
+        None, "--change-size", metavar="X", help="--follow-up: size of the change (weight, thigh_muscle: fraction; "
+        "liver_fat: percentage points; vat: visceral load 0-1); default per change (see docs/derived.md).",
+        show_default=False),
 ) -> None:
     """Generate synthetic subjects: <eid>_20201_2_0.zip plus <eid>.truth.json.
 
@@ -46,6 +54,8 @@ def synth(
     fat_water_swap, fat_water_swap_partial, truncated, wf_position_mismatch, missing_station, no_overlap, no_dicom.
 
     Example: [bold]mimir synth -o data/ --n 10 --seed 0 --small[/]
+
+    Follow-up visits: [bold]mimir synth -o pairs/ --n 10 --small --follow-up liver_fat --change-size 2[/]
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -58,6 +68,15 @@ def synth(
         from mimir.synth import build_study
 
         build_study(seed, variant=variant, small=True, swap_station=swap_station, swap_region=swap_region)
+    if follow_up is not None or change_size is not None:
+        from mimir.synth.body import draw_params
+        from mimir.synth.followup import changed_params
+
+        if follow_up is None:
+            from mimir.errors import UsageError
+
+            raise UsageError("--change-size needs --follow-up", hint="Add --follow-up CHANGE.")
+        changed_params(draw_params(seed), follow_up, change_size)  # an unknown change or bad size: before writing
     table = Table(title=escape(f"synthetic subjects written to {out}"), title_justify="left")
     for col in ("eid", "sex", "kg", "cm", "VAT L", "ASAT L", "liver %", "thigh L", "zip MB"):
         table.add_column(col, justify="left" if col == "sex" else "right", no_wrap=True)
@@ -70,20 +89,28 @@ def synth(
     with bar:
         task = bar.add_task("synth", total=n)
         for i in range(n):
-            sub = generate_subject(out, seed + i, variant=variant, small=small, swap_station=swap_station,
-                                   swap_region=swap_region)
-            subjects.append(sub)
+            visits = [generate_subject(out, seed + i, variant=variant, small=small, swap_station=swap_station,
+                                       swap_region=swap_region)]
+            if follow_up is not None:
+                visits.append(generate_subject(out, seed + i, variant=variant, small=small,
+                                               swap_station=swap_station, swap_region=swap_region, instance=3,
+                                               change=follow_up, change_size=change_size))
+            subjects.extend(visits)
             bar.advance(task)
-            t = sub.truth
-            table.add_row(
-                str(t["eid"]), str(t["sex"]), f"{t['weight_kg']:.1f}", f"{t['height_cm']:.1f}",
-                f"{t['vat_volume_l']:.2f}", f"{t['asat_volume_l']:.2f}", f"{t['liver_fat_percent']:.1f}",
-                f"{t['thigh_muscle_volume_l']:.2f}", f"{sub.zip_path.stat().st_size / 1e6:.1f}",
-            )
+            for sub in visits:
+                t = sub.truth
+                table.add_row(
+                    f"{t['eid']}{' i3' if 'follow_up' in t else ''}", str(t["sex"]), f"{t['weight_kg']:.1f}",
+                    f"{t['height_cm']:.1f}", f"{t['vat_volume_l']:.2f}", f"{t['asat_volume_l']:.2f}",
+                    f"{t['liver_fat_percent']:.1f}", f"{t['thigh_muscle_volume_l']:.2f}",
+                    f"{sub.zip_path.stat().st_size / 1e6:.1f}",
+                )
     console.print(table)
     for sub in subjects:
         say(f"  {sub.zip_path}  {sub.truth_path.name}")
     kind = f"variant {variant}" if variant else "regular"
+    if follow_up is not None:
+        kind += f", each with a follow-up visit ({follow_up})"
     console.print(
         f"[green]wrote[/] {n} {escape(kind)}{' small' if small else ''} subject(s) "
         f"[dim]({time.perf_counter() - started:.1f} s)[/]",

@@ -3,6 +3,8 @@
 - :mod:`~mimir.synth.body`: the seeded body (tissues, organs) and its truth;
 - :mod:`~mimir.synth.study`: the study drawn from it: six stations x four Dixon
   series at the real geometry (or ``small``), with the irregular variants;
+- :mod:`~mimir.synth.followup`: follow-up visits (instance 3): the body with a chosen
+  change, acquired again;
 - :mod:`~mimir.synth.zips`: the study written as a field-20201 zip plus a
   ``{eid}.truth.json``;
 - :mod:`~mimir.synth.dicom_writer` and :mod:`~mimir.synth.encodings`: the DICOM

@@ -51,6 +51,7 @@ from mimir.synth.body import (
     draw_params,
     render,
 )
+from mimir.synth.followup import FOLLOW_UP_INSTANCE, acquisition_seed, changed_params
 
 __all__ = [
     "VARIANTS",
@@ -282,6 +283,17 @@ def _corrupt(a: np.ndarray) -> np.ndarray:
     return 0.55 * a + 0.35 * ghost
 
 
+#: The scalar truth values a model predicts (the truth file's keys).
+TRUTH_VALUES: tuple[str, ...] = ("weight_kg", "height_cm", "vat_volume_l", "asat_volume_l", "liver_fat_percent",
+                                 "thigh_muscle_volume_l")
+
+
+def _first_visit_date(seed: int) -> _dt.date:
+    """The study date of the first imaging visit (instance 2) of ``seed``."""
+    trng = np.random.default_rng([seed, 0x71E])
+    return _dt.date(2014, 5, 1) + _dt.timedelta(days=int(trng.integers(0, 5 * 365)))
+
+
 @functools.lru_cache(maxsize=16)
 def _drawn_body(seed: int) -> tuple[Body, dict[str, object]]:
     """The body of ``seed`` and its truth (cached: both are pure functions of the seed)."""
@@ -406,12 +418,20 @@ def _channels(st: _Station, w: np.ndarray, f: np.ndarray, swap: dict[str, object
 
 def build_study(seed: int, variant: str | None = None, small: bool = False,
                 eid: int | None = None, *, swap_station: int | None = None,
-                swap_region: str | None = None) -> SynthStudy:
+                swap_region: str | None = None, instance: int = 2, change: str | None = None,
+                change_size: float | None = None) -> SynthStudy:
     """The synthetic subject ``seed`` in memory: series, truth and study attributes.
 
     ``swap_station`` (1-6) and ``swap_region`` (one of :data:`SWAP_REGIONS`) choose
     where the ``fat_water_swap`` (whole station) and ``fat_water_swap_partial``
     variants swap; left out, they are drawn from the seed.
+
+    ``instance=3`` draws the follow-up visit of the same subject (same eid): the body
+    of ``seed`` with ``change`` (one of :data:`mimir.synth.followup.CHANGES`, default
+    ``none``) of ``change_size`` applied, in a new acquisition (positioning, shading,
+    noise, date 2-3 years later, UIDs); its truth adds ``instance`` and ``follow_up``
+    (the change, both visits' values, their difference, both dates). Instance 2 is
+    the first visit, exactly as before follow-ups existed.
 
     Raises :class:`~mimir.errors.UsageError` for an unknown variant or a bad
     seed, eid, station or region.
@@ -426,6 +446,10 @@ def build_study(seed: int, variant: str | None = None, small: bool = False,
         if swap_region is not None and (variant != "fat_water_swap_partial" or swap_region not in SWAP_REGIONS):
             raise UsageError(f"unknown swap region {swap_region!r}",
                              hint=f"With fat_water_swap_partial choose one of: {', '.join(SWAP_REGIONS)}.")
+    if instance not in (2, FOLLOW_UP_INSTANCE):
+        raise UsageError(f"instance {instance} is not an imaging visit", hint="Use 2 (first) or 3 (follow-up).")
+    if instance == 2 and (change is not None or change_size is not None):
+        raise UsageError("a change applies to the follow-up visit only", hint="Pass instance=3 with it.")
     seed = int(seed)
     eid = default_eid(seed) if eid is None else int(eid)
     default_eid(seed)  # validates the seed range
@@ -434,9 +458,18 @@ def build_study(seed: int, variant: str | None = None, small: bool = False,
 
     body, truth_body = _drawn_body(seed)
     truth_body = copy.deepcopy(truth_body)
+    follow_up: dict[str, object] | None = None
+    if instance != 2:
+        baseline = {k: truth_body[k] for k in TRUTH_VALUES}
+        params, follow_up = changed_params(body.p, change or "none", change_size)
+        body = Body(params)
+        truth_body = compute_truth(body)
+        follow_up["baseline"] = baseline
+        follow_up["delta"] = {k: float(truth_body[k]) - float(baseline[k]) for k in TRUTH_VALUES}  # type: ignore[arg-type]
+    acq = acquisition_seed(seed, instance)  # the acquisition's random streams; == seed for instance 2
     plan = _plan(seed, variant, small, swap_station, swap_region)
-    stations, kz = _geometry(seed, small, plan.overlap_override)
-    chin_margin = float(np.random.default_rng([seed, 0xC41]).uniform(45.0, 80.0))
+    stations, kz = _geometry(acq, small, plan.overlap_override)
+    chin_margin = float(np.random.default_rng([acq, 0xC41]).uniform(45.0, 80.0))
     h_top = body.h_chin + chin_margin
     z_top0 = stations[0].z_top
 
@@ -444,7 +477,7 @@ def build_study(seed: int, variant: str | None = None, small: bool = False,
         return (h_top - (z_top0 - np.asarray(z, np.float64)) / kz).astype(np.float32)
 
     # acquisitions in order: (station, water, fat, corrupted?)
-    images = {st.index: _render_station(body, st, h_of_z, small, seed) for st in stations}
+    images = {st.index: _render_station(body, st, h_of_z, small, acq) for st in stations}
     acquisitions: list[tuple[_Station, np.ndarray, np.ndarray, bool]] = []
     for st in stations:
         if st.index == plan.missing_station:
@@ -454,8 +487,14 @@ def build_study(seed: int, variant: str | None = None, small: bool = False,
             acquisitions.append((st, _corrupt(w), _corrupt(f), True))
         acquisitions.append((st, w, f, False))
 
-    trng = np.random.default_rng([seed, 0x71E])
+    trng = np.random.default_rng([acq, 0x71E])
     date = _dt.date(2014, 5, 1) + _dt.timedelta(days=int(trng.integers(0, 5 * 365)))
+    if follow_up is not None:  # 2-3 years after the first visit
+        first = _first_visit_date(seed)
+        date = first + _dt.timedelta(days=int(trng.integers(730, 1096)))
+        follow_up["first_visit_date"] = first.isoformat()
+        follow_up["study_date"] = date.isoformat()
+        follow_up["years"] = round((date - first).days / 365.25, 4)
     t0 = float(trng.uniform(8 * 3600, 17 * 3600))
     token = int(trng.integers(10**8, 10**9))
     patient_id = str(int(trng.integers(10**9, 10**10)))
@@ -505,9 +544,8 @@ def build_study(seed: int, variant: str | None = None, small: bool = False,
         "variant": variant,
         "small": bool(small),
         "sex": body.p.sex,
-        "age": body.p.age,
-        **{key: truth_body[key] for key in ("weight_kg", "height_cm", "vat_volume_l", "asat_volume_l",
-                                            "liver_fat_percent", "thigh_muscle_volume_l")},
+        "age": body.p.age if follow_up is None else body.p.age + int(float(follow_up["years"])),  # type: ignore[arg-type]
+        **{key: truth_body[key] for key in TRUTH_VALUES},
         "variant_details": details,
         "tissue_volumes_l": truth_body["tissue_volumes_l"],
         "densities_kg_per_l": dict(DENSITIES),
@@ -515,6 +553,9 @@ def build_study(seed: int, variant: str | None = None, small: bool = False,
         "definitions": TRUTH_DEFINITIONS,
         "generator_version": GENERATOR_VERSION,
     }
+    if follow_up is not None:
+        truth["instance"] = instance
+        truth["follow_up"] = follow_up
     manifest_name = {"no_manifest": None, "manifest_csv": "manifest.csv"}.get(variant or "", "manifest.cvs")
     return SynthStudy(
         eid=eid, seed=seed, variant=variant, small=bool(small), series=series, truth=truth,

@@ -102,17 +102,20 @@ def study_zip_bytes(study: SynthStudy, compresslevel: int = 1) -> bytes:
 
 def generate_subject(out_dir: str | Path, seed: int, variant: str | None = None, small: bool = False,
                      eid: int | None = None, *, swap_station: int | None = None,
-                     swap_region: str | None = None) -> SynthSubject:
+                     swap_region: str | None = None, instance: int = 2, change: str | None = None,
+                     change_size: float | None = None) -> SynthSubject:
     """Write ``{eid}_20201_2_0.zip`` and ``{eid}.truth.json`` into ``out_dir``.
 
     Both files are written atomically. Returns their paths and the truth.
-    ``swap_station`` and ``swap_region``: see :func:`build_study`.
+    ``swap_station`` and ``swap_region``: see :func:`build_study`. ``instance=3``
+    writes the follow-up visit instead (``change``, ``change_size``: see
+    :func:`build_study`): ``{eid}_20201_3_0.zip`` and ``{eid}_20201_3_0.truth.json``.
     """
     study = build_study(seed, variant=variant, small=small, eid=eid, swap_station=swap_station,
-                        swap_region=swap_region)
+                        swap_region=swap_region, instance=instance, change=change, change_size=change_size)
     out = Path(out_dir)
-    zip_path = out / f"{study.eid}_20201_2_0.zip"
-    truth_path = out / f"{study.eid}.truth.json"
+    zip_path = out / f"{study.eid}_20201_{instance}_0.zip"
+    truth_path = out / (f"{study.eid}.truth.json" if instance == 2 else f"{study.eid}_20201_{instance}_0.truth.json")
     write_bytes(zip_path, study_zip_bytes(study))
     write_text(truth_path, json.dumps(study.truth, indent=2) + "\n")
     return SynthSubject(zip_path=zip_path, truth_path=truth_path, truth=study.truth)

@@ -15,7 +15,7 @@ from mimir.cli import app
 
 runner = CliRunner()
 COMMANDS = ["predict", "batch", "merge", "demo", "preprocess", "synth", "train", "fetch-weights", "list-targets",
-            "explain", "report", "qc", "fit-reference", "rap", "evaluate", "calibrate"]
+            "explain", "report", "qc", "fit-reference", "rap", "evaluate", "calibrate", "age-gap", "change"]
 #: commands of the command groups (mimir rap ...)
 SUBCOMMANDS = [["rap", "plan"], ["rap", "run-shard"], ["rap", "collect"]]
 FORBIDDEN = ("<bool>", "<list[", "<int", "<float", "<str>", "<path>", "{")
@@ -46,7 +46,7 @@ def test_every_help_shows_placeholders_not_python_types() -> None:
 
 
 def test_every_command_names_its_output_option_alike() -> None:
-    for cmd in ("predict", "batch", "merge", "demo", "preprocess", "synth", "train", "evaluate", "calibrate"):
+    for cmd in ("predict", "batch", "merge", "demo", "preprocess", "synth", "train", "evaluate", "calibrate", "age-gap", "change"):
         r = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200"})
         assert "--output" in r.stdout and "-o" in r.stdout, cmd
         assert "--out " not in r.stdout, cmd  # the old spelling is a hidden alias
