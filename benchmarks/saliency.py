@@ -150,7 +150,7 @@ def cohort(args: argparse.Namespace) -> int:
     print(f"\n{time.time() - started:.0f} s in all")
     arrays = {f"{m}|{'registered' if reg else 'unregistered'}|{t}": agg[(m, reg)][k] / max(n, 1)
               for (m, reg) in agg for k, t in enumerate(COHORT_TARGETS)}
-    arrays.update({"template": template, "mean_unregistered": img_sum[False] / max(n, 1),
+    arrays.update({"template": template, "subjects": np.array(n), "mean_unregistered": img_sum[False] / max(n, 1),
                    "mean_registered": img_sum[True] / max(n, 1),
                    **{f"region|{o}": t_org[o] for o in organs}})
     if args.save:
@@ -183,7 +183,7 @@ def figure(arrays: dict[str, np.ndarray], path: str, n: int) -> None:
             ax.set_title(f"{m}, {t}\n{reg} ({'mean image' if j == 0 else 'template'})", fontsize=8)
             ax.axis("off")
     fig.suptitle(f"phantom-demo cohort maps, {n} synthetic subjects; white: the template's organ", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(path, dpi=80)
 
 
@@ -196,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cohort", type=int, default=0, help="registration benchmark on this many subjects")
     ap.add_argument("--save", help="--cohort: write the aggregates to this .npz")
     ap.add_argument("--figure", help="--cohort: draw the cohort maps to this PNG")
+    ap.add_argument("--figure-from", metavar="NPZ", help="draw --figure from a --save file instead of computing")
     args = ap.parse_args(argv)
+    if args.figure_from:
+        arrays = dict(np.load(args.figure_from))
+        figure(arrays, args.figure, int(arrays["subjects"]) if "subjects" in arrays else args.cohort)
+        return 0
     import torch
 
     torch.set_num_threads(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import time
@@ -262,6 +264,13 @@ def _registered_aggregate(
                 row["transform"] = str(path.relative_to(output))
         subjects.append(row)
     _save_npy(folder / "template.npy", np.asarray(template_image, np.uint8))
+    columns = ["subject", "ok", "body_dice_before", "body_dice_after", "residual_before", "residual_after",
+               "seconds", "error"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(subjects)
+    atomic.write_text(folder / "registration.csv", buf.getvalue())
     maps = []
     for (mod, tgt), m in agg.maps().items():
         base = folder / f"{mod}.{tgt}"
@@ -279,6 +288,7 @@ def _registered_aggregate(
         "template": "cohort" if template_name == "cohort" else Path(template_name).name,
         "template_iterations": iterations if template_name == "cohort" else 0,
         "template_npy": str((folder / "template.npy").relative_to(output)),
+        "quality_csv": str((folder / "registration.csv").relative_to(output)),
         "registration": "per view (coronal, sagittal): affine on water + fat, then demons on water and fat; "
                         "transforms: float32 (2, 256, 256) subject (row, column) sampled at each template pixel, "
                         "NaN outside the subject's view",
@@ -286,3 +296,4 @@ def _registered_aggregate(
         "subjects": subjects,
         "failed_subjects": failed,
     }
+

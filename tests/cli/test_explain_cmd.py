@@ -117,6 +117,8 @@ def test_explain_registered_aggregate(tmp_path: Path) -> None:
     first = reg["subjects"][0]  # the template itself: the identity
     assert first["ok"] and first["body_dice_after"] == pytest.approx(1.0) and first["residual_after"] < 0.05
     assert all(s["body_dice_after"] >= s["body_dice_before"] for s in reg["subjects"])
+    csv = (out / reg["quality_csv"]).read_text().splitlines()
+    assert csv[0].startswith("subject,ok,body_dice_before") and len(csv) == 4
     template = np.load(out / reg["template_npy"])
     np.testing.assert_array_equal(template, np.load(paths[0]))
     (item,) = reg["maps"]
