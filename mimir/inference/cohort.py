@@ -19,7 +19,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mimir.inference.registration import Registration, RegistrationOptions, register, warp, warp_image
+from mimir.inference.registration import (
+    Registration,
+    RegistrationOptions,
+    register,
+    warp,
+    warp_image,
+)
 from mimir.inference.saliency import normalise
 
 #: Default number of rounds of the cohort template (mean image, then register and average this many times).

@@ -27,11 +27,14 @@ voxel, 2.232 mm, of the organ on the ray).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from mimir.preprocessing.fusion import OUT_SPACING, TRIM_SLICES, plan_overlaps, station_grid
+from mimir.preprocessing.fusion import (
+    OUT_SPACING,
+    TRIM_SLICES,
+    plan_overlaps,
+    station_grid,
+)
 from mimir.preprocessing.imageops import resize_bilinear_float
 from mimir.preprocessing.projection import BED_ROWS, IMAGE_SIZE
 from mimir.synth.body import Y_BED, Body, Canvas, Structure, draw_params
@@ -117,25 +120,29 @@ def organ_projections(study: SynthStudy, *, signal: bool = False) -> dict[str, n
         h = h_all[z0:z0 + _CHUNK]
         canvas = Canvas(h, yb, xb, edge, render=signal, layers=_layer)
         body.paint(canvas)
-        got = canvas.layers_out
-        zero = np.zeros(canvas.vis.shape, np.float32)
         abdomen, thigh = _slab(h, lo, hi), _slab(h, body.h_knee, lo)
-        vols: dict[str, Callable[[], np.ndarray]] = {
-            "liver": lambda: got.get("liver", zero),
-            "vat": lambda: got.get("vat", zero) * abdomen,
-            "asat": lambda: got.get("sat", zero) * abdomen,
-            "thigh_muscle": lambda: got.get("leg_muscle", zero) * thigh,
-            "thighs": lambda: (got.get("leg_muscle", zero) + got.get("leg_other", zero)) * thigh,
-            "water": lambda: canvas.water,  # type: ignore[return-value]
-            "fat": lambda: canvas.fat,  # type: ignore[return-value]
-        }
         for n in names:
-            v = vols[n]()
+            v = _organ_volume(n, canvas, abdomen, thigh)
             coronal[n][z0:z0 + _CHUNK] = v.sum(axis=1, dtype=np.float64) * OUT_SPACING[0]
             sagittal[n][z0:z0 + _CHUNK] = v.sum(axis=2, dtype=np.float64) * OUT_SPACING[1]
     return {n: np.maximum(resize_bilinear_float(np.concatenate([coronal[n], sagittal[n]], axis=1),
                                                 IMAGE_SIZE, IMAGE_SIZE), 0.0)
             for n in names}
+
+
+def _organ_volume(name: str, canvas: Canvas, abdomen: np.ndarray, thigh: np.ndarray) -> np.ndarray:
+    """Occupancy (or signal) of one organ on a painted canvas, (h, y, x) float32; ``abdomen``, ``thigh``: slabs."""
+    if name in ("water", "fat"):
+        signal = canvas.water if name == "water" else canvas.fat
+        assert signal is not None
+        return signal
+    got, zero = canvas.layers_out, np.zeros(canvas.vis.shape, np.float32)
+    if name == "liver":
+        return got.get("liver", zero)
+    if name in ("vat", "asat"):
+        return got.get("vat" if name == "vat" else "sat", zero) * abdomen
+    muscle = got.get("leg_muscle", zero)
+    return (muscle if name == "thigh_muscle" else muscle + got.get("leg_other", zero)) * thigh
 
 
 def organ_regions(maps: dict[str, np.ndarray], min_mm: float = REGION_MIN_MM) -> dict[str, np.ndarray]:

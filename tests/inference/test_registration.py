@@ -13,7 +13,12 @@ pytest.importorskip("SimpleITK", reason="the register extra (pip install 'ukb-mi
 
 from mimir.errors import UsageError  # noqa: E402
 from mimir.inference import registration as R  # noqa: E402
-from mimir.inference.cohort import RegisteredAggregate, cohort_template, mean_image, register_all  # noqa: E402
+from mimir.inference.cohort import (  # noqa: E402
+    RegisteredAggregate,
+    cohort_template,
+    mean_image,
+    register_all,
+)
 
 
 @functools.lru_cache(maxsize=4)

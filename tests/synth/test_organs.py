@@ -84,7 +84,7 @@ def test_the_liver_region_shows_the_livers_fat_fraction(seed: int, tmp: str) -> 
 
 
 def test_organ_regions_sit_in_their_anatomical_order(tmp: str) -> None:
-    image, maps, _ = _subject(1000, True, tmp)
+    _, maps, _ = _subject(1000, True, tmp)
     regions = organ_regions(maps)
     assert set(regions) == set(ORGANS)
     centre_row = {o: float(np.nonzero(regions[o])[0].mean()) for o in ORGANS}
