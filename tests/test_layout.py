@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "utils": {"errors"},
     "preprocessing": {"errors", "utils"},
     "models": {"errors", "utils"},
-    "synth": {"errors", "utils"},
+    "synth": {"errors", "utils", "preprocessing"},
     "inference": {"errors", "utils", "preprocessing", "models"},
     "outputs": {"errors", "utils", "inference"},
     "training": {"errors", "utils", "preprocessing", "models"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import time
@@ -70,6 +72,25 @@ def explain_cmd(
     aggregate: bool = typer.Option(
         False, "--aggregate", help="Also write the mean normalised map per target over all inputs."
     ),
+    register: bool = typer.Option(
+        False, "--register",
+        help="With --aggregate: also average the maps in a common anatomical frame (every subject registered "
+        "to a template: affine, then demons on water and fat). Needs the 'register' extra (SimpleITK).",
+    ),
+    template: str = typer.Option(
+        "cohort", "--template", metavar="cohort|INPUT",
+        help="--register: the reference frame: 'cohort' (the mean image, refined by registering and averaging) "
+        "or one subject's zip or .npy image.",
+    ),
+    template_iterations: int = typer.Option(
+        2, "--template-iterations", min=0, max=10, metavar="N", help="--template cohort: rounds of refinement."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, max=256, metavar="N",
+                                help="--register: processes registering subjects in parallel."),
+    save_transforms: bool = typer.Option(
+        False, "--save-transforms",
+        help="--register: also write each subject's sampling map (template pixel -> subject row, column).",
+    ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
     gpu: Optional[str] = typer.Option(  # noqa: UP007
         None, "--gpu", metavar="N", help="GPU index: short for --device cuda:N.", show_default=False
@@ -87,7 +108,10 @@ def explain_cmd(
     float32 256 x 256, unit sum). Default method: Grad-CAM on the last
     convolutional block, averaged over the ensemble's members.
     --aggregate adds OUT/aggregate/ (the mean map over the inputs, on their
-    mean image). OUT/explain.json records the method, modules and files.
+    mean image); --register adds OUT/aggregate/registered/ (the maps averaged
+    after registering every subject to a template, the template, and each
+    subject's registration quality). OUT/explain.json records the method,
+    modules and files.
 
     Example: [bold]mimir explain subject.zip -m phantom-demo -t liver_fat_percent -o explain/[/]
     """
@@ -99,6 +123,17 @@ def explain_cmd(
     if method not in METHODS:
         raise UsageError(f"unknown --method {method!r}", hint=f"Choose one of: {', '.join(METHODS)}.")
     require_matplotlib("explain")  # fail before any work
+    if register:
+        from mimir.inference.registration import require_simpleitk
+
+        if not aggregate:
+            raise UsageError("--register averages the maps in a common frame", hint="Add --aggregate.")
+        require_simpleitk()
+    template_image = None
+    if register and template != "cohort":
+        if not Path(template).is_file():
+            raise UsageError("no such file", path=template, hint="Give a subject zip or .npy image, or 'cohort'.")
+        template_image = load_input(template, cache=not no_cache)
     atomic.check_writable_dir(output)  # before any work
     files, refused = expand_inputs(inputs)
     gpus = parse_gpus(gpu, single=True)
@@ -124,6 +159,7 @@ def explain_cmd(
     for item in failed:
         report_error(item["error"])
     stems: set[str] = set()
+    kept: list[tuple[str, np.ndarray, dict[tuple[str, str], Path]]] = []
     started = time.perf_counter()
     for path in files:
         stem = _stem(path)
@@ -158,6 +194,9 @@ def explain_cmd(
                             "npy": str(base.with_name(base.name + ".npy").relative_to(output))})
         if agg is not None:
             agg.add(image, items)
+        if register:
+            kept.append((stem, image, {(it.module, it.target): folder / f"{it.module}.{it.target}.npy"
+                                       for it in items}))
         console.print(f"[green]ok[/] {escape(Path(path).name)}: {len(items)} map(s) in {escape(str(folder))}",
                       highlight=False, soft_wrap=True)
     aggregated: list[dict[str, object]] = []
@@ -175,6 +214,10 @@ def explain_cmd(
                                "png": str(base.with_name(base.name + ".png").relative_to(output)),
                                "npy": str(base.with_name(base.name + ".npy").relative_to(output))})
         _save_npy(output / AGGREGATE_DIR / "mean_image.npy", mean_image)
+    registered: dict[str, object] = {}
+    if register and kept:
+        registered = _registered_aggregate(kept, output, template_image, template, template_iterations, workers,
+                                           save_transforms, f"{explainer.description}{shown}", smooth)
     if written or aggregated:
         summary = {
             "format": "mimir-explain/1",
@@ -187,6 +230,7 @@ def explain_cmd(
             "targets": explainer.targets,
             "maps": written,
             "aggregate": aggregated,
+            "registered_aggregate": registered or None,
             "failed": failed,
             "wall_s": round(time.perf_counter() - started, 3),
         }
@@ -196,5 +240,77 @@ def explain_cmd(
         raise typer.Exit(EXIT_ERROR)
     console.print(f"wrote {len(written)} map(s) for {len(files) + len(refused) - len(failed)} subject(s) to "
                   f"{escape(str(output))} ({method})", highlight=False, soft_wrap=True)
-    if failed:
+    if failed or (registered and registered["failed_subjects"]):
         raise typer.Exit(EXIT_PARTIAL)
+
+
+#: Folder of the registered aggregate inside -o.
+REGISTERED_DIR = f"{AGGREGATE_DIR}/registered"
+
+
+def _registered_aggregate(
+    kept: list[tuple[str, np.ndarray, dict[tuple[str, str], Path]]], output: Path, template_image: np.ndarray | None,
+    template_name: str, iterations: int, workers: int, save_transforms: bool, description: str, smooth: float,
+) -> dict[str, object]:
+    """Register the explained subjects to the template and average their maps there; write OUT/aggregate/registered/."""
+    from mimir.inference.cohort import RegisteredAggregate, cohort_template, register_all
+    from mimir.outputs.figures import saliency_figure
+
+    images = [im for _, im, _ in kept]
+    started = time.perf_counter()
+    if template_image is None:
+        console.print(f"building the cohort template from {len(images)} subject(s) ({iterations} round(s))",
+                      highlight=False)
+        template_image = cohort_template(images, iterations, workers=workers)
+    regs = register_all(images, template_image, workers=workers)
+    folder = output / REGISTERED_DIR
+    agg = RegisteredAggregate(template_image)
+    subjects, failed = [], []
+    for (stem, _, paths), reg in zip(kept, regs):
+        row: dict[str, object] = {"subject": stem, "ok": reg.ok, **reg.quality.as_dict(),
+                                  "seconds": round(reg.seconds, 3)}
+        if not reg.ok:
+            row["error"] = reg.error
+            failed.append({"input": stem, "error": f"{stem}: {reg.error}; left out of the registered aggregate"})
+            report_error(failed[-1]["error"])
+        else:
+            agg.add(reg, {key: np.load(p, allow_pickle=False) for key, p in paths.items()})
+            if save_transforms:
+                path = folder / "transforms" / f"{stem}.npy"
+                _save_npy(path, reg.coords.astype(np.float32))
+                row["transform"] = str(path.relative_to(output))
+        subjects.append(row)
+    _save_npy(folder / "template.npy", np.asarray(template_image, np.uint8))
+    columns = ["subject", "ok", "body_dice_before", "body_dice_after", "residual_before", "residual_after",
+               "seconds", "error"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(subjects)
+    atomic.write_text(folder / "registration.csv", buf.getvalue())
+    maps = []
+    for (mod, tgt), m in agg.maps().items():
+        base = folder / f"{mod}.{tgt}"
+        _save_npy(base.with_name(base.name + ".npy"), m)
+        atomic.write_bytes(base.with_name(base.name + ".png"), saliency_figure(
+            template_image, m, title=f"{agg.counts[(mod, tgt)]} registered subject(s)  -  {mod} {tgt}",
+            subtitle=f"aggregated in the template's frame: {description}", smooth_px=smooth))
+        maps.append({"module": mod, "target": tgt, "subjects": agg.counts[(mod, tgt)],
+                     "png": str(base.with_name(base.name + ".png").relative_to(output)),
+                     "npy": str(base.with_name(base.name + ".npy").relative_to(output))})
+    ok = sum(r.ok for r in regs)
+    console.print(f"registered {ok} of {len(regs)} subject(s) to the template in {time.perf_counter() - started:.1f} s"
+                  f" ({workers} worker(s))", highlight=False)
+    return {
+        "template": "cohort" if template_name == "cohort" else Path(template_name).name,
+        "template_iterations": iterations if template_name == "cohort" else 0,
+        "template_npy": str((folder / "template.npy").relative_to(output)),
+        "quality_csv": str((folder / "registration.csv").relative_to(output)),
+        "registration": "per view (coronal, sagittal): affine on water + fat, then demons on water and fat; "
+                        "transforms: float32 (2, 256, 256) subject (row, column) sampled at each template pixel, "
+                        "NaN outside the subject's view",
+        "maps": maps,
+        "subjects": subjects,
+        "failed_subjects": failed,
+    }
+

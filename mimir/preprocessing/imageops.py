@@ -83,6 +83,23 @@ def resize_bilinear_u8(image: np.ndarray, height: int = 256, width: int = 256) -
     return np.clip((acc + 2) >> 2, 0, 255).astype(np.uint8)
 
 
+def resize_bilinear_float(image: np.ndarray, height: int = 256, width: int = 256) -> np.ndarray:
+    """Resize a 2-D float image on the sampling grid of :func:`resize_bilinear_u8`, in float64.
+
+    The same source taps and weights as OpenCV's 8-bit linear resize (so a map
+    resized here lies exactly on the image it belongs to), without the
+    fixed-point rounding: for maps and masks in the image's frame.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {image.shape}")
+    src = np.asarray(image, dtype=np.float64)
+    xi0, xi1, xw = _linear_taps(src.shape[1], width, clamp_weights=True)
+    yi0, yi1, yw = _linear_taps(src.shape[0], height, clamp_weights=False)
+    xw, yw = xw / _COEF_SCALE, yw / _COEF_SCALE
+    rows = src[:, xi0] * xw[:, 0] + src[:, xi1] * xw[:, 1]
+    return rows[yi0] * yw[:, :1] + rows[yi1] * yw[:, 1:]
+
+
 def otsu_threshold(image: np.ndarray, nbins: int = 256) -> float:
     """Otsu threshold of one image, as ``skimage.filters.threshold_otsu``.
 

@@ -253,11 +253,14 @@ class Canvas:
     ascending, ``h`` monotonic. Arrays have shape ``(len(h), len(y), len(x))``.
     ``render=True`` accumulates water and fat signal; ``truth=True`` sums the
     painted fraction per tissue and slice (``profiles[tissue]``, shape
-    ``(len(h),)``, in voxels).
+    ``(len(h),)``, in voxels). ``layers`` maps a structure to the name of a
+    layer (or ``None``): each named layer accumulates the painted fraction of
+    its structures, ``layers_out[name]`` (shape of the grid).
     """
 
     def __init__(self, h: np.ndarray, y: np.ndarray, x: np.ndarray, edge: float,
-                 render: bool = True, truth: bool = False) -> None:
+                 render: bool = True, truth: bool = False,
+                 layers: Callable[[Structure], str | None] | None = None) -> None:
         self.h = np.asarray(h, dtype=np.float32)
         self.y = np.asarray(y, dtype=np.float32)
         self.x = np.asarray(x, dtype=np.float32)
@@ -269,6 +272,8 @@ class Canvas:
         self.profiles: dict[str, np.ndarray] | None = (
             {t: np.zeros(self.h.size) for t in TISSUE_NAMES} if truth else None
         )
+        self.layers = layers
+        self.layers_out: dict[str, np.ndarray] = {}
 
     def paint(self, s: Structure, tissue: Tissue) -> None:
         """Composite ``s`` under everything painted before it."""
@@ -294,6 +299,10 @@ class Canvas:
                 self.fat[blk] += frac * np.float32(tissue.fat)
         if self.profiles is not None:
             self.profiles[s.tissue][z0:z1] += frac.sum(axis=(1, 2), dtype=np.float64)
+        name = self.layers(s) if self.layers is not None else None
+        if name is not None:
+            layer = self.layers_out.setdefault(name, np.zeros(self.vis.shape, dtype=np.float32))
+            layer[blk] += frac
 
 
 def _ellipse(dx: np.ndarray, dy: np.ndarray, a: np.ndarray, b: np.ndarray, edge: float,

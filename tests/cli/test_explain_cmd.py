@@ -82,3 +82,74 @@ def test_explain_without_matplotlib_names_the_extra(tmp_path: Path, monkeypatch:
     res = runner.invoke(app, ["explain", str(p), "-m", "phantom-demo", "-o", str(tmp_path / "o")])
     assert res.exit_code == 1  and extra_hint("report") in " ".join(res.output.split())
     assert not (tmp_path / "o").exists()
+
+
+def _synthetic_npy(folder: Path, seeds: tuple[int, ...]) -> list[str]:
+    """Small synthetic subjects' images saved as .npy inputs."""
+    from mimir.preprocessing.pipeline import preprocess
+    from mimir.synth import build_study, study_zip_bytes
+
+    paths = []
+    for seed in seeds:
+        study = build_study(seed, small=True)
+        z = folder / f"{study.eid}_20201_2_0.zip"
+        z.write_bytes(study_zip_bytes(study))
+        p = folder / f"{study.eid}_20201_2_0.npy"
+        np.save(p, preprocess(z, cache=False))
+        z.unlink()
+        paths.append(str(p))
+    return paths
+
+
+@pytest.mark.slow
+def test_explain_registered_aggregate(tmp_path: Path) -> None:
+    pytest.importorskip("SimpleITK")
+    paths = _synthetic_npy(tmp_path, (1000, 1001, 1002))
+    out = tmp_path / "ex"
+    res = runner.invoke(app, ["explain", *paths, "-m", "phantom-demo", "-t", "liver_fat_percent", "-o", str(out),
+                              "--method", "guided-gradcam", "--aggregate", "--register", "--template", paths[0],
+                              "--workers", "2", "--save-transforms", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "registered 3 of 3" in res.output
+    summary = json.loads((out / "explain.json").read_text())
+    assert summary["method"] == "guided-gradcam"
+    reg = summary["registered_aggregate"]
+    assert reg["template"] == Path(paths[0]).name and len(reg["subjects"]) == 3 and not reg["failed_subjects"]
+    first = reg["subjects"][0]  # the template itself: the identity
+    assert first["ok"] and first["body_dice_after"] == pytest.approx(1.0) and first["residual_after"] < 0.05
+    assert all(s["body_dice_after"] >= s["body_dice_before"] for s in reg["subjects"])
+    csv = (out / reg["quality_csv"]).read_text().splitlines()
+    assert csv[0].startswith("subject,ok,body_dice_before") and len(csv) == 4
+    template = np.load(out / reg["template_npy"])
+    np.testing.assert_array_equal(template, np.load(paths[0]))
+    (item,) = reg["maps"]
+    agg = np.load(out / item["npy"])
+    assert agg.shape == (256, 256) and agg.sum() == pytest.approx(1.0, rel=1e-4)
+    assert (out / item["png"]).read_bytes().startswith(b"\x89PNG")
+    # the aggregate is the mean of the subjects' maps warped with their saved transforms
+    from mimir.inference.registration import warp
+    from mimir.inference.saliency import normalise
+
+    want = []
+    for s, m in zip(reg["subjects"], summary["maps"]):
+        coords = np.load(out / s["transform"]).astype(np.float64)
+        assert coords.shape == (2, 256, 256)
+        want.append(normalise(warp(np.load(out / m["npy"]), coords)))
+    np.testing.assert_allclose(agg, np.mean(want, axis=0), rtol=1e-3, atol=1e-8)
+
+
+def test_register_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    p = tmp_path / "img.npy"
+    np.save(p, _image(5))
+    res = runner.invoke(app, ["explain", str(p), "-m", "phantom-demo", "-o", str(tmp_path / "o"), "--register"])
+    assert res.exit_code == 1 and "--aggregate" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["explain", str(p), "-m", "phantom-demo", "-o", str(tmp_path / "o"), "--aggregate",
+                              "--register", "--template", str(tmp_path / "missing.zip")])
+    assert res.exit_code == 1 and "missing.zip" in res.output and "cohort" in res.output
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)
+    res = runner.invoke(app, ["explain", str(p), "-m", "phantom-demo", "-o", str(tmp_path / "o"), "--aggregate",
+                              "--register"])
+    assert res.exit_code == 1 and "ukb-mimir[register]" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()  # refused before any work

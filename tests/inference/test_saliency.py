@@ -76,8 +76,8 @@ def test_maps_have_the_documented_shape_and_scale(method: str) -> None:
     assert maps.shape == (2, 256, 256) and maps.dtype == np.float32
     assert (maps >= 0).all()
     sums = maps.sum(axis=(1, 2))
-    # unit sum; a Grad-CAM map may be all zero (no evidence raising the output), and then stays zero
-    assert all(s == pytest.approx(1.0, rel=1e-4) or (method == "gradcam" and s == 0) for s in sums), sums
+    # unit sum; a (guided) Grad-CAM map may be all zero (no evidence raising the output), and then stays zero
+    assert all(s == pytest.approx(1.0, rel=1e-4) or ("gradcam" in method and s == 0) for s in sums), sums
     assert max(sums) == pytest.approx(1.0, rel=1e-4)
     assert maps[int(np.argmax(sums))].std() > 0  # not constant
     assert S.normalise(np.zeros((4, 4))).sum() == 0
@@ -104,6 +104,31 @@ def test_smoothgrad_without_noise_is_the_absolute_gradient() -> None:
     net(x)[0, 0].backward()
     want = x.grad[0].abs().sum(0).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * want.max())  # float32 convolutions
+
+
+def test_guided_backprop_passes_only_positive_gradients_through_positive_activations() -> None:
+    """For x -> W2 relu(W1 x): guided gradient = W1^T [relu(W2^T) * (W1 x > 0)], the plain one W1^T [W2^T * (W1 x > 0)]."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 20), torch.nn.ReLU(), torch.nn.Linear(20, 2))
+    x = torch.randn(1, 3, 2, 2)
+    w1, w2 = net[1].weight.detach(), net[3].weight.detach()
+    active = ((w1 @ x.flatten() + net[1].bias.detach()) > 0).float()
+    (guided,) = S._guided_gradients(net, x, [1])
+    np.testing.assert_allclose(guided.ravel(), (w1.T @ (w2[1].clamp(min=0) * active)).numpy(), rtol=1e-5, atol=1e-7)
+    (plain,) = S._input_gradients(net, x, [1])  # the ReLUs are plain again afterwards
+    np.testing.assert_allclose(plain[0].ravel(), (w1.T @ (w2[1] * active)).numpy(), rtol=1e-5, atol=1e-7)
+    assert "forward" not in vars(net[2])
+
+
+def test_guided_gradcam_is_gradcam_times_the_guided_gradient() -> None:
+    net, img = _tiny_net(), _image(4)
+    got = S.member_saliency(net, img, [0, 2], "guided-gradcam")
+    cams = S.member_saliency(net, img, [0, 2], "gradcam")
+    x = torch.from_numpy(img.astype(np.float32))[None]
+    guided = S._guided_gradients(net, x, [0, 2])
+    for k in range(2):
+        np.testing.assert_allclose(got[k], cams[k] * np.abs(guided[k]).sum(axis=0), rtol=1e-5, atol=1e-12)
+    assert ((got > 0) <= (cams > 0)).all()  # only inside the Grad-CAM evidence
 
 
 def test_integrated_gradients_attribute_the_output_change_to_the_pixels() -> None:
@@ -153,7 +178,7 @@ def _randomised(net: ResNet50, seed: int = 1) -> ResNet50:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["gradcam", "smoothgrad"])
+@pytest.mark.parametrize("method", ["gradcam", "guided-gradcam", "smoothgrad"])
 def test_maps_change_when_the_weights_are_randomised(method: str) -> None:
     """Trained vs randomised maps correlate little, much less than two halves of the trained ensemble.
 
