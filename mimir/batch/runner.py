@@ -318,12 +318,16 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
     atomic.check_writable_dir(out, create=False)  # a real write: permissions, read-only mounts, root
     workers = opts.workers or usable_cpus()  # the Ray engine leaves it to Ray unless given
     devices = opts.devices()
+    if opts.volumes is not None:  # the workers write the volumes: the engine hands them this preprocessing
+        from mimir.batch.volumes import volume_options
+
+        opts = volume_options(opts)
     engine = _make_engine(opts, workers, devices, identities, precision)
     try:
         key = run_key(PIPELINE_VERSION, identities, opts.level, precision=precision,
                       device_type=engine.device_type())
         return _execute(opts, monitor, engine, key, header, out, workers, devices, (num_shards, shard_index),
-                        (started_wall, started_at))
+                        (started_wall, started_at), [s.name for s in specs if s.synthetic])
     finally:
         engine.close()
 
@@ -331,6 +335,7 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
 def _execute(
     opts: BatchOptions, monitor: Monitor, engine: Any, key: dict[str, Any], header: list[str], out: Path,
     workers: int, devices: list[str], shard: tuple[int, int], started: tuple[float, str],
+    synthetic_modules: list[str],
 ) -> BatchResult:
     """:func:`execute` once the engine and the validity key are known."""
     from mimir.preprocessing.pipeline import PIPELINE_VERSION
@@ -348,9 +353,9 @@ def _execute(
         names = [f.name for f in inputs.files]
         status = scan(store, names, key, retry_failed=opts.retry_failed)
         if opts.volumes is not None:
-            from mimir.batch.volumes import with_volumes
+            from mimir.batch.volumes import redo_missing_volumes
 
-            opts = with_volumes(opts, status, {f.name: f.path for f in inputs.files})
+            redo_missing_volumes(opts, status, {f.name: f.path for f in inputs.files})
         todo_names = set(status.todo)
         todo: list[InputFile] = [f for f in inputs.files if f.name in todo_names]
         input_errors = [ErrorRow(q.name, q.path, STAGE_INPUT, q.message) for q in inputs.problems]
@@ -518,7 +523,7 @@ def _execute(
         done_before=run["counts"]["done_before"], wall_s=run["wall_s"],
         throughput=run["throughput_subjects_per_s"], status=run["status"], devices=ready_devices,
         qc_flagged=run["counts"]["qc_flagged"], qc_fail=run["counts"]["qc_fail"],
-        synthetic_modules=[s.name for s in specs if s.synthetic],
+        synthetic_modules=synthetic_modules,
     )
 
 

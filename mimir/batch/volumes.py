@@ -167,12 +167,10 @@ def check_volume_options(out_dir: str, engine: str, preprocess: Any) -> None:
     check_writable_dir(out_dir, what="volumes folder")
 
 
-def with_volumes(opts: Any, status: Any, paths: dict[str, str]) -> Any:
-    """``opts`` (:class:`~mimir.batch.runner.BatchOptions`) whose workers also write volumes; ``status`` updated.
+def volume_options(opts: Any) -> Any:
+    """``opts`` (:class:`~mimir.batch.runner.BatchOptions`) whose preprocessing workers also write the volumes.
 
-    Subjects already predicted whose volumes are missing or stale move from
-    ``status.ok`` to ``status.todo`` (their predictions are made again, the
-    same bits); the resume check is :func:`volumes_done` with ``quick``.
+    Applied before the engine is made: the engine hands ``opts.preprocess`` to its workers.
     """
     from dataclasses import replace
     from functools import partial
@@ -180,10 +178,18 @@ def with_volumes(opts: Any, status: Any, paths: dict[str, str]) -> Any:
     from mimir.preprocessing.volumes import DEFAULT_CONTRASTS
 
     contrasts = tuple(opts.volume_contrasts or DEFAULT_CONTRASTS)
-    redo = [n for n in status.ok if not volumes_done(paths[n], opts.volumes, contrasts, quick=True)]
+    work = partial(preprocess_or_error_with_volumes, out_dir=str(opts.volumes), contrasts=contrasts)
+    return replace(opts, preprocess=work, volume_contrasts=contrasts)
+
+
+def redo_missing_volumes(opts: Any, status: Any, paths: dict[str, str]) -> None:
+    """Move subjects already predicted whose volumes are missing or stale from ``status.ok`` to ``status.todo``.
+
+    Their predictions are made again (the same bits); the resume check is
+    :func:`volumes_done` with ``quick``. ``opts`` is the result of :func:`volume_options`.
+    """
+    redo = [n for n in status.ok if not volumes_done(paths[n], opts.volumes, opts.volume_contrasts, quick=True)]
     if redo:
         again = set(redo)
         status.ok = [n for n in status.ok if n not in again]
         status.todo = [*status.todo, *redo]
-    work = partial(preprocess_or_error_with_volumes, out_dir=str(opts.volumes), contrasts=contrasts)
-    return replace(opts, preprocess=work, volume_contrasts=contrasts)
