@@ -30,7 +30,7 @@ OTHER_PROGRAMS = {"python3", "python", "pip", ".", "sbatch", "source", "cd"}
 SET_UP = [
     "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e . && mimir demo",
     'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e ".[test,reference,'
-    'ray,report,browser,codecs]" && python -m pytest',
+    'ray,report,browser,codecs,volumes,parquet,register]" && python -m pytest',
 ]
 
 

@@ -62,8 +62,14 @@ def synth(
     from mimir.synth import default_eid, generate_subject
 
     out = pick_output(output, folder, required=True)
-    check_writable_dir(out)  # before any work
     default_eid(seed + n - 1)  # range check before writing anything
+    if variant is not None:
+        from mimir.synth import VARIANTS
+
+        if variant not in VARIANTS:
+            from mimir.errors import UsageError
+
+            raise UsageError(f"unknown variant {variant!r}", hint=f"Choose one of: {', '.join(VARIANTS)}.")
     if swap_station is not None or swap_region is not None:  # option errors before writing anything
         from mimir.synth import build_study
 
@@ -77,6 +83,7 @@ def synth(
 
             raise UsageError("--change-size needs --follow-up", hint="Add --follow-up CHANGE.")
         changed_params(draw_params(seed), follow_up, change_size)  # an unknown change or bad size: before writing
+    check_writable_dir(out)  # every option checked, the folder made: before any work
     table = Table(title=escape(f"synthetic subjects written to {out}"), title_justify="left")
     for col in ("eid", "sex", "kg", "cm", "VAT L", "ASAT L", "liver %", "thigh L", "zip MB"):
         table.add_column(col, justify="left" if col == "sex" else "right", no_wrap=True)
