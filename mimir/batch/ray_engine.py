@@ -20,7 +20,7 @@ one CPU for its single actor) for the whole run, and each preprocessing task
 needs one more CPU and :data:`PREPROCESS_MEMORY` of memory. A cluster whose
 only CPU is held by the actor can never preprocess: the run then waits, the
 status line keeps coming every 30 s, and after a few minutes one warning names
-the free CPUs and GPUs against these needs (docs/ray.md).
+the free CPUs and GPUs against these needs (docs/batch.md, "Sizing a Ray cluster").
 
 Ray is imported only here, lazily; without it ``--engine ray`` fails with a
 one-line hint saying how to install the ``ray`` extra (:func:`mimir.utils.install.extra_hint`).
@@ -201,7 +201,7 @@ class RayEngine:
             f"preprocessing task needs 1 CPU and {PREPROCESS_MEMORY / 2**30:.0f} GiB of memory"
         )
         if cpus < 1:
-            text += "; no CPU is free for preprocessing: add CPUs to the cluster (docs/ray.md)"
+            text += "; no CPU is free for preprocessing: add CPUs to the cluster (docs/batch.md, "Sizing a Ray cluster")"
         return text
 
     def _actors(self, ray: Any) -> tuple[int, float, str]:
