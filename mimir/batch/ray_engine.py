@@ -201,7 +201,7 @@ class RayEngine:
             f"preprocessing task needs 1 CPU and {PREPROCESS_MEMORY / 2**30:.0f} GiB of memory"
         )
         if cpus < 1:
-            text += "; no CPU is free for preprocessing: add CPUs to the cluster (docs/batch.md, "Sizing a Ray cluster")"
+            text += "; no CPU is free for preprocessing: add CPUs to the cluster (docs/batch.md, 'Sizing a Ray cluster')"
         return text
 
     def _actors(self, ray: Any) -> tuple[int, float, str]:
