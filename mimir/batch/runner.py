@@ -209,8 +209,10 @@ def _locked(out_dir: Path) -> Iterator[None]:
 
 
 def write_subjects(path: Path, inputs: Inputs) -> None:
-    """subjects.csv: ``name, path`` of every input of this shard (processable or refused), sorted."""
-    rows = sorted({(f.name, f.path) for f in inputs.files} | {(q.name, q.path) for q in inputs.problems})
+    """subjects.csv: ``name, path`` of every input of this shard (processable or refused), sorted; paths absolute."""
+    # absolute paths, so that `mimir report` run from another folder still finds each input's preview
+    rows = sorted({(f.name, os.path.abspath(f.path)) for f in inputs.files}
+                  | {(q.name, os.path.abspath(q.path)) for q in inputs.problems})
     with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(("name", "path"))

@@ -69,18 +69,61 @@ def qc_cmd(
         rows = qc_files(files, cache=not no_cache, on_error=on_error)
 
     flagged = sum(r["qc_status"] in ("warn", "fail") for r in rows)
+    checked = [r for r in rows if not r["error"]]
     if output is None:
-        table = Table(title="QC", title_justify="left")
-        for col in ("name", "qc_status", "qc_flags"):
-            table.add_column(col)
-        for r in rows:
-            if not r["error"]:
-                table.add_row(escape(r["name"]), r["qc_status"], escape(r["qc_flags"].replace(";", " ")) or "-")
-        console.print(table)
+        if checked:  # nothing read: the errors above say it all, no empty table
+            console.print(_screen_table(checked, console.width))
     else:
         write_qc_csv(output, rows)
         say(f"wrote the QC of {len(rows)} input(s) to {output}")
-    say(f"{len(rows) - failed} checked: {len(rows) - failed - flagged} ok, {flagged} flagged (warn or fail)")
+    if checked or output is not None:
+        say(f"{len(rows) - failed} checked: {len(rows) - failed - flagged} ok, {flagged} flagged (warn or fail)")
     if failed:
         say(f"{failed} of {len(rows)} input(s) could not be read (see above)", stderr=True)
         raise typer.Exit(EXIT_ERROR if failed == len(rows) else EXIT_PARTIAL)
+
+
+def _screen_table(rows: list[dict[str, str]], width: int) -> Table:
+    """The on-screen QC table: verdict, flags, and the numbers the swap check decided on.
+
+    ``edge_low`` per station (share of the body edge that looks swapped: above
+    0.15 flags a partial swap, above 0.80 a whole one) and the lowest
+    ``seam_corr`` (fat-fraction correlation across a station seam: negative
+    means one side is swapped). The CSV (``-o``) has every number. Where
+    ``width`` columns cannot hold the numbers beside whole flags, the
+    numbers give way (the caption says so): flags are never squeezed out.
+    """
+    from mimir.preprocessing.qc_table import STATIONS
+
+    from rich.console import Console
+
+    def build(numbers: bool) -> Table:
+        caption = ("edge_low: share of each station's body edge that looks swapped (s1..s6; > 0.15 partial, "
+                   "> 0.80 whole swap); seam_corr: lowest fat-fraction correlation across a station seam "
+                   "(< 0: a swap). -o FILE.csv has every number." if numbers else
+                   "A wider terminal shows the numbers behind each verdict; -o FILE.csv has them all.")
+        table = Table(title="QC", title_justify="left", caption=caption, caption_justify="left")
+        table.add_column("name", no_wrap=True)
+        table.add_column("qc_status", no_wrap=True)
+        table.add_column("qc_flags", overflow="fold")
+        if numbers:
+            table.add_column("edge_low s1..s6", no_wrap=True)
+            table.add_column("seam_corr", justify="right", no_wrap=True)
+        for r in rows:
+            cells = [escape(r["name"]), r["qc_status"], escape(r["qc_flags"].replace(";", " ")) or "-"]
+            if numbers:
+                seams = [float(v) for n in range(1, STATIONS) if (v := r.get(f"s{n}_seam_corr", ""))]
+                cells += [" ".join(_short(r.get(f"s{n}_edge_low", "")) for n in range(1, STATIONS + 1)),
+                          f"{min(seams):.2f}" if seams else "-"]
+            table.add_row(*cells)
+        return table
+
+    table = build(numbers=True)
+    measure = Console(width=10_000).measure(table)
+    return table if measure.maximum <= width else build(numbers=False)
+    return table
+
+
+def _short(value: str) -> str:
+    """A QC number to two decimals for the screen ('-' where the station had none)."""
+    return f"{float(value):.2f}" if value else "  - "

@@ -19,7 +19,8 @@ from mimir.utils.atomic import check_writable_dir
 def synth(
     output: Optional[Path] = typer.Option(  # noqa: UP007
         None, "-o", "--output", metavar="FOLDER",
-        help="Folder for the zips and truth files (created if missing). Required.", show_default=False,
+        help="Folder for the zips and truth files (created if missing). Required: give it here or as the "
+             "argument FOLDER (mimir synth data/ works too).", show_default=False,
     ),
     folder: Optional[Path] = typer.Argument(  # noqa: UP007 (the old positional spelling of -o)
         None, metavar="FOLDER", hidden=True, show_default=False,
@@ -27,7 +28,7 @@ def synth(
     n: int = typer.Option(1, "--n", "-n", min=1, metavar="N", help="Number of subjects."),
     seed: int = typer.Option(0, "--seed", min=0, metavar="N", help="Seed of the first subject (subject i uses seed + i)."),
     variant: Optional[str] = typer.Option(  # noqa: UP007
-        None, "--variant", metavar="VARIANT", help="Irregularity to build in (see below); default: a regular zip.",
+        None, "--variant", metavar="VARIANT", help="Irregularity to build in (the variants are listed above); default: a regular zip.",
         show_default=False,
     ),
     small: bool = typer.Option(False, "--small", help="Reduced size (64 columns, 12-18 slices per station) "

@@ -337,3 +337,25 @@ def test_a_damaged_cell_counts_as_missing(tmp_path: Path) -> None:
     page = Page(build_report(tmp_path / "out").path.read_text(encoding="utf-8"))
     assert "height_cm cm 39 " in page.ids["statistics"]  # 40 subjects, one damaged value
     assert "1 subject(s) without a finite value" in page.ids["targets"]
+
+
+def test_report_from_another_folder_finds_the_previews(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """subjects.csv holds absolute paths: a batch given relative paths, reported from elsewhere, keeps its previews."""
+    from mimir.cli import app
+    from mimir.synth import generate_subject
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for seed in (1, 2):
+        generate_subject(work / "small", seed, small=True)
+    monkeypatch.chdir(work)
+    res = runner.invoke(app, ["batch", "small", "-o", "out1", "-m", "phantom-demo", "--workers", "1",
+                              "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    with open(work / "out1" / "subjects.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [Path(r["path"]) for r in rows] == [work / "small" / f"100000{s}_20201_2_0.zip" for s in (1, 2)]
+    monkeypatch.chdir(elsewhere)
+    result = build_report(work / "out1", elsewhere / "r.html")
+    assert result.thumbnails == 2
+    assert "no preview" not in (elsewhere / "r.html").read_text(encoding="utf-8")

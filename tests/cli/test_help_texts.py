@@ -82,3 +82,14 @@ def test_escape_keeps_styles_and_shows_everything_else() -> None:
     assert escape_help("CSVs [default: mimir-demo]") == "CSVs \\[default: mimir-demo]"
     assert escape_help("a [0, 100] interval; [A-Z]") == "a [0, 100] interval; [A-Z]"  # not tags: left alone
     assert escape_help(None) is None
+
+
+def test_synth_help_says_how_to_give_the_folder_and_where_the_variants_are(tmp_path: Any) -> None:
+    shown = _flat(runner.invoke(app, ["synth", "--help"], env={"COLUMNS": "2000"}).stdout)
+    assert "Usage: mimir synth [OPTIONS] [FOLDER]" in shown
+    assert "give it here or as the argument FOLDER" in shown and "see below" not in shown
+    assert "the variants are listed above" in shown and shown.index("Variants: rescan") < shown.index("--variant")
+    # and the positional spelling the help promises does work
+    r = runner.invoke(app, ["synth", str(tmp_path / "data"), "--small"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "data" / "1000000_20201_2_0.zip").is_file()
