@@ -26,7 +26,6 @@ subjects is made by ``benchmarks/demo_accuracy.py``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shlex
@@ -105,7 +104,7 @@ def make_data(out: Path, n: int, seed0: int, workers: int, check: bool) -> None:
     """Write ``n`` training images and ``targets.csv`` into ``out``."""
     from multiprocessing import Pool
 
-    from synth_images import DEMO_TARGETS, check_identical
+    from synth_images import check_identical
 
     out.mkdir(parents=True, exist_ok=True)
     if check:
