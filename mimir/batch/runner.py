@@ -54,6 +54,8 @@ from mimir.utils import atomic
 
 RUN_JSON = "run.json"
 SUBJECTS_CSV = "subjects.csv"
+#: Copying threads of ``--stage`` at most (one per worker up to this).
+STAGE_THREADS = 4
 RUN_FORMAT = "mimir-batch-run/1"
 ENGINES = ("local", "ray")
 
@@ -453,8 +455,9 @@ def _execute(
                 if opts.stage_dir is not None:
                     from mimir.batch.staging import staging
 
+                    # copying threads: verifying a copy costs about what preprocessing it does (benchmarks/staging.py)
                     stager = staging(todo, opts.stage_dir, expected_files, max_files=opts.stage_files,
-                                     max_bytes=opts.stage_bytes)
+                                     max_bytes=opts.stage_bytes, threads=min(STAGE_THREADS, max(1, workers)))
                 with stager as staged:
                     report = engine.run(todo, Hooks(ready=ready, outcome=outcome), monitor)
                 if staged is not None:

@@ -1,10 +1,13 @@
 """Staging: copy inputs from a slow or unreliable mount (dxfuse) to local disk ahead of the workers, verified.
 
-A :class:`Stager` thread in the main process copies the subjects to do, in
-the order the engine hands them out, into ``STAGE_DIR/ready/<key>/<file name>``
+A :class:`Stager` in the main process copies the subjects to do, in the
+order the engine hands them out, into ``STAGE_DIR/ready/<key>/<file name>``
 (``key``: the record key of the subject name), keeping at most
-``max_files`` files and ``max_bytes`` bytes staged but not yet preprocessed
-(the look-ahead). A worker that wants a subject not yet staged says so
+``max_files`` files and ``max_bytes`` bytes staged or being copied but not
+yet preprocessed (the look-ahead). It copies with ``threads`` threads at
+once: verifying a copy inflates every member (about 0.3 s of CPU for a
+full-size 50 MB zip, as much as preprocessing it), and a FUSE read waits on
+the network, so one thread could not keep several workers busy. A worker that wants a subject not yet staged says so
 (``STAGE_DIR/want/<key>``); wanted subjects go first, even past the
 look-ahead, so the run never waits on the order.
 
@@ -90,11 +93,11 @@ def copy_verified(src: str, dest: Path, expected: Expected | None) -> int:
 
 
 class Stager(threading.Thread):
-    """Stages ``files`` (in order) into ``root``; see the module docstring."""
+    """Stages ``files`` (in order) into ``root`` with ``threads`` copying threads; see the module docstring."""
 
     def __init__(
         self, files: Sequence[InputFile], root: str | os.PathLike[str], expected: Mapping[str, Expected] | None = None,
-        *, max_files: int = 8, max_bytes: int = 4 << 30, tries: int = 3, pause_s: float = 0.5,
+        *, max_files: int = 8, max_bytes: int = 4 << 30, tries: int = 3, pause_s: float = 0.5, threads: int = 1,
     ) -> None:
         super().__init__(name="mimir-stager", daemon=True)
         self.files = list(files)
@@ -103,8 +106,13 @@ class Stager(threading.Thread):
         self.expected = dict(expected or {})
         self.max_files, self.max_bytes = max(1, max_files), max(1, max_bytes)
         self.tries, self.pause_s = max(1, tries), pause_s
+        self.threads = max(1, threads)
         self.stop_event = threading.Event()
+        self.lock = threading.Lock()
         self.done: set[str] = set()
+        #: copies under way: (files, bytes the listing or the mount gives for them)
+        self._copying = [0, 0]
+        self._next_pending = 0
         #: counts for run.json: copies retried, files that never verified
         self.retried = 0
         self.failed = 0
@@ -112,7 +120,8 @@ class Stager(threading.Thread):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def _in_flight(self) -> tuple[int, int]:
-        n = size = 0
+        """Files and bytes staged and not yet taken, plus the copies under way."""
+        n, size = self._copying
         for entry in os.scandir(self.root / READY):
             n += 1
             if entry.is_dir():
@@ -124,10 +133,41 @@ class Stager(threading.Thread):
     def _wanted(self) -> list[str]:
         return sorted(k for k in os.listdir(self.root / WANT) if k in self.by_key and k not in self.done)
 
+    def _size_of(self, f: InputFile) -> int:
+        known = self.expected.get(f.path)
+        if known is not None and known.size is not None:
+            return known.size
+        try:
+            return os.stat(f.path).st_size
+        except OSError:
+            return 0
+
+    def _take(self) -> tuple[InputFile, int] | None:
+        """The next file to copy (wanted ones first, past the look-ahead) and its size, reserved; or None."""
+        with self.lock:
+            wanted = self._wanted()
+            if wanted:
+                pick = self.by_key[wanted[0]]
+            else:
+                while self._next_pending < len(self.files) and _key(self.files[self._next_pending].name) in self.done:
+                    self._next_pending += 1
+                if self._next_pending >= len(self.files):
+                    return None
+                n, size = self._in_flight()
+                if n >= self.max_files or size >= self.max_bytes:
+                    return None
+                pick = self.files[self._next_pending]
+            self.done.add(_key(pick.name))
+            nbytes = self._size_of(pick)
+            self._copying[0] += 1
+            self._copying[1] += nbytes
+            return pick, nbytes
+
     def stage(self, f: InputFile) -> None:
         """Stage one file (or write its error) into ``ready/``."""
         key = _key(f.name)
-        self.done.add(key)
+        with self.lock:
+            self.done.add(key)
         tmp_dir = self.root / TMP / key
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tmp_dir.mkdir(parents=True)
@@ -135,7 +175,8 @@ class Stager(threading.Thread):
         reason = ""
         for attempt in range(self.tries):
             if attempt:
-                self.retried += 1
+                with self.lock:
+                    self.retried += 1
                 time.sleep(self.pause_s * 2 ** (attempt - 1))
             try:
                 copy_verified(f.path, dest, self.expected.get(f.path))
@@ -147,28 +188,35 @@ class Stager(threading.Thread):
                 continue
             os.replace(tmp_dir, self.root / READY / key)
             return
-        self.failed += 1
+        with self.lock:
+            self.failed += 1
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tries = "" if reason == "no such file" else f" after {self.tries} tries"
         err = self.root / READY / f"{key}.err"
         err.write_text(f"{f.path}: could not be read intact{tries} ({reason}); it was not preprocessed", encoding="utf-8")
 
-    def run(self) -> None:
-        pending = [f for f in self.files]
-        i = 0
+    def _copy_loop(self) -> None:
         while not self.stop_event.is_set():
-            wanted = self._wanted()
-            if wanted:
-                self.stage(self.by_key[wanted[0]])
+            taken = self._take()
+            if taken is None:
+                self.stop_event.wait(POLL_S)
                 continue
-            while i < len(pending) and _key(pending[i].name) in self.done:
-                i += 1
-            if i < len(pending):
-                n, size = self._in_flight()
-                if n < self.max_files and size < self.max_bytes:
-                    self.stage(pending[i])
-                    continue
-            self.stop_event.wait(POLL_S)
+            f, nbytes = taken
+            try:
+                self.stage(f)
+            finally:
+                with self.lock:
+                    self._copying[0] -= 1
+                    self._copying[1] -= nbytes
+
+    def run(self) -> None:
+        helpers = [threading.Thread(target=self._copy_loop, name=f"mimir-stager-{i}", daemon=True)
+                   for i in range(1, self.threads)]
+        for t in helpers:
+            t.start()
+        self._copy_loop()
+        for t in helpers:
+            t.join()
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -219,6 +219,58 @@ def test_staging_verifies_and_retries_then_reports(mount: Path, tmp_path: Path) 
     assert not any((tmp_path / "st").rglob("*.zip"))  # staged copies are removed
 
 
+def test_stager_threads_copy_at_once_within_the_look_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several copying threads: copies overlap, the look-ahead (staged + under way) is never exceeded, none is lost."""
+    import threading
+    import time
+
+    import mimir.batch.staging as staging_mod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    files = []
+    for i in range(9):
+        (src / f"{i}.bin").write_bytes(bytes([i]) * 1000)
+        files.append(InputFile(f"s{i}", str(src / f"{i}.bin")))
+    lock, active, peak, peak_flight = threading.Lock(), [0], [0], [0]
+    real = staging_mod.copy_verified
+
+    def slow_copy(path: str, dest: Path, expected: object) -> int:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.15)
+        with lock:
+            active[0] -= 1
+        return real(path, dest, expected)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(staging_mod, "copy_verified", slow_copy)
+
+    def run(threads: int, max_files: int) -> tuple[int, int]:
+        root = tmp_path / f"stage{threads}-{max_files}"
+        peak[0] = 0
+        stager = Stager(files, root, max_files=max_files, threads=threads)
+        taken: list[str] = []
+        stager.start()
+        deadline = time.monotonic() + 30
+        while len(taken) < len(files) and time.monotonic() < deadline:  # a worker taking staged files in order
+            n, _ = stager._in_flight()
+            peak_flight[0] = max(peak_flight[0], n)
+            for entry in sorted(os.listdir(root / READY)):
+                shutil.rmtree(root / READY / entry)
+                taken.append(entry)
+            time.sleep(0.01)
+        stager.stop()
+        assert sorted(taken) == sorted(staging_mod._key(f.name) for f in files)  # every file, once
+        return peak[0], peak_flight[0]
+
+    copies, _ = run(threads=3, max_files=8)
+    assert copies == 3  # three copies under way at once
+    peak_flight[0] = 0
+    copies, flight = run(threads=3, max_files=2)
+    assert copies <= 2 and flight <= 2  # the look-ahead counts the copies under way
+
+
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     from mimir.batch.records import RecordStore
 
