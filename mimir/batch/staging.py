@@ -7,9 +7,10 @@ order the engine hands them out, into ``STAGE_DIR/ready/<key>/<file name>``
 yet preprocessed (the look-ahead). It copies with ``threads`` threads at
 once: verifying a copy inflates every member (about 0.3 s of CPU for a
 full-size 50 MB zip, as much as preprocessing it), and a FUSE read waits on
-the network, so one thread could not keep several workers busy. A worker that wants a subject not yet staged says so
-(``STAGE_DIR/want/<key>``); wanted subjects go first, even past the
-look-ahead, so the run never waits on the order.
+the network, so one thread could not keep several workers busy. A worker
+that wants a subject not yet staged says so (``STAGE_DIR/want/<key>``);
+wanted subjects go first, even past the look-ahead, so the run never waits
+on the order.
 
 Each copy is verified before a worker may read it: its size against the
 listing's size (or the size the mount reported before the copy), its MD5

@@ -93,9 +93,9 @@ def _screen_table(rows: list[dict[str, str]], width: int) -> Table:
     ``width`` columns cannot hold the numbers beside whole flags, the
     numbers give way (the caption says so): flags are never squeezed out.
     """
-    from mimir.preprocessing.qc_table import STATIONS
-
     from rich.console import Console
+
+    from mimir.preprocessing.qc_table import STATIONS
 
     def build(numbers: bool) -> Table:
         caption = ("edge_low: share of each station's body edge that looks swapped (s1..s6; > 0.15 partial, "
@@ -121,7 +121,6 @@ def _screen_table(rows: list[dict[str, str]], width: int) -> Table:
     table = build(numbers=True)
     measure = Console(width=10_000).measure(table)
     return table if measure.maximum <= width else build(numbers=False)
-    return table
 
 
 def _short(value: str) -> str:
