@@ -44,6 +44,7 @@ from typing import Any
 from mimir.batch.inputs import InputFile
 from mimir.batch.rap import Expected
 from mimir.batch.records import record_key
+from mimir.utils import atomic
 
 READY, WANT, TMP = "ready", "want", "tmp"
 #: Seconds between looks at the staging folder (stager and workers).
@@ -189,12 +190,16 @@ class Stager(threading.Thread):
                 continue
             os.replace(tmp_dir, self.root / READY / key)
             return
-        with self.lock:
-            self.failed += 1
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tries = "" if reason == "no such file" else f" after {self.tries} tries"
-        err = self.root / READY / f"{key}.err"
-        err.write_text(f"{f.path}: could not be read intact{tries} ({reason}); it was not preprocessed", encoding="utf-8")
+        self._unreadable(f, reason, tries)
+
+    def _unreadable(self, f: InputFile, reason: str, tries: str = "") -> None:
+        """Count ``f`` as unreadable and leave its error (written whole) for the worker that waits for it."""
+        with self.lock:
+            self.failed += 1
+        err = self.root / READY / f"{_key(f.name)}.err"
+        atomic.write_text(err, f"{f.path}: could not be read intact{tries} ({reason}); it was not preprocessed")
 
     def _copy_loop(self) -> None:
         while not self.stop_event.is_set():
@@ -205,6 +210,8 @@ class Stager(threading.Thread):
             f, nbytes = taken
             try:
                 self.stage(f)
+            except Exception as exc:  # noqa: BLE001 - a copying thread must never die: the worker would wait for ever
+                self._unreadable(f, f"{type(exc).__name__}: {exc}")
             finally:
                 with self.lock:
                     self._copying[0] -= 1
@@ -224,19 +231,30 @@ class Stager(threading.Thread):
         self.join(timeout=30)
 
 
+#: The folder mimir stages into, inside the one the user gives (``--stage DIR``); only it is ever emptied.
+WORK_SUBDIR = ".mimir-stage"
+
+
+def work_dir(stage_dir: str | os.PathLike[str]) -> Path:
+    """Where staging happens for ``--stage stage_dir``: a folder of mimir's own, never the user's files."""
+    return Path(stage_dir) / WORK_SUBDIR
+
+
 @contextlib.contextmanager
 def staging(
     files: Sequence[InputFile], root: str | os.PathLike[str], expected: Mapping[str, Expected] | None = None, **kw: Any
 ) -> Iterator[Stager]:
-    """Run a :class:`Stager` for the block; the staging folder is emptied at the end."""
-    stager = Stager(files, root, expected, **kw)
+    """Run a :class:`Stager` for the block in :func:`work_dir` of ``root``, emptied before (a killed run's
+    leftovers) and removed after; nothing else in ``root`` is touched."""
+    work = work_dir(root)
+    shutil.rmtree(work, ignore_errors=True)
+    stager = Stager(files, work, expected, **kw)
     stager.start()
     try:
         yield stager
     finally:
         stager.stop()
-        for sub in (READY, WANT, TMP):
-            shutil.rmtree(Path(root) / sub, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _preprocess_staged(
@@ -274,4 +292,4 @@ def _preprocess_staged(
 
 def staged_preprocess(stage_dir: str, inner: Callable[..., tuple[Any, str | None]] | None = None) -> Any:
     """The engine's preprocessing function reading staged copies from ``stage_dir`` (picklable)."""
-    return functools.partial(_preprocess_staged, stage_dir=os.path.abspath(stage_dir), inner=inner)
+    return functools.partial(_preprocess_staged, stage_dir=os.path.abspath(work_dir(stage_dir)), inner=inner)

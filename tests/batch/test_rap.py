@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -269,6 +270,41 @@ def test_stager_threads_copy_at_once_within_the_look_ahead(tmp_path: Path, monke
     peak_flight[0] = 0
     copies, flight = run(threads=3, max_files=2)
     assert copies <= 2 and flight <= 2  # the look-ahead counts the copies under way
+
+
+def test_staging_keeps_the_users_folders_and_survives_odd_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--stage DIR works in DIR/.mimir-stage only; a killed run's leftovers and an unexpected error never hang a run."""
+    import mimir.batch.staging as staging_mod
+
+    stage = tmp_path / "home"
+    for sub in (READY, "want", "tmp"):  # the user's own folders of the same names
+        (stage / sub).mkdir(parents=True)
+        (stage / sub / "mine.txt").write_text("keep")
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x" * 100)
+    files = [InputFile("a", str(src)), InputFile("b", str(src))]
+    key_a = staging_mod._key("a")
+    (staging_mod.work_dir(stage) / READY / key_a).mkdir(parents=True)  # a leftover of a killed run
+    (staging_mod.work_dir(stage) / READY / key_a / "a.bin").write_bytes(b"old")
+    real = staging_mod.copy_verified
+
+    def odd(path: str, dest: Path, expected: object) -> int:
+        if dest.parent.name == staging_mod._key("b"):
+            raise RuntimeError("File is encrypted, password required")
+        return real(path, dest, expected)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(staging_mod, "copy_verified", odd)
+    with staging_mod.staging(files, stage) as stager:
+        work = staging_mod.work_dir(stage) / READY
+        deadline = time.monotonic() + 20
+        while not ((work / key_a).is_dir() and (work / f"{staging_mod._key('b')}.err").exists()):
+            assert time.monotonic() < deadline, "staging stalled"
+            time.sleep(0.02)
+        assert (work / key_a / "a.bin").read_bytes() == b"x" * 100  # staged afresh, not the leftover
+        assert "RuntimeError: File is encrypted" in (work / f"{staging_mod._key('b')}.err").read_text()
+        assert stager.failed == 1
+    assert not staging_mod.work_dir(stage).exists()
+    assert all((stage / sub / "mine.txt").read_text() == "keep" for sub in (READY, "want", "tmp"))
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
