@@ -8,7 +8,9 @@ is ``$FAKE_DX_PROJECT``: ``objects/<file-id>`` holds the bytes and
 ``index.json`` each file's name, folder, size and creation time, as
 ``dx find data --json`` describes them. ``FAKE_DX_KILL_AFTER_CHECKPOINTS=K``
 kills the calling job's process group (SIGKILL, as a lost spot instance)
-right after the K-th checkpoint upload.
+at its K-th checkpoint upload, before that upload is stored: the project
+keeps the checkpoint before it (with K=2, the first, saved while the batch
+had made its first records, however fast the rest then ran).
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "upload":
         local, dest = args[0], _path(args[args.index("--path") + 1])
+        kill_at = int(os.environ.get("FAKE_DX_KILL_AFTER_CHECKPOINTS", "0") or 0)
+        if kill_at and dest.endswith(".checkpoint.tar.gz"):
+            count = ROOT / "checkpoint_uploads"
+            n = int(count.read_text()) + 1 if count.exists() else 1
+            count.write_text(str(n))
+            if n == kill_at:
+                sys.stdout.flush()
+                os.killpg(os.getpgrp(), signal.SIGKILL)
         fid = "file-" + secrets.token_hex(12)
         shutil.copyfile(local, ROOT / "objects" / fid)
         folder, _, name = dest.rpartition("/")
@@ -63,14 +73,6 @@ def main(argv: list[str]) -> int:
                       "created": time.time_ns() // 1000}
         _save(index)
         print(fid)
-        kill_after = int(os.environ.get("FAKE_DX_KILL_AFTER_CHECKPOINTS", "0") or 0)
-        if kill_after and name.endswith(".checkpoint.tar.gz"):
-            count = ROOT / "checkpoint_uploads"
-            n = int(count.read_text()) + 1 if count.exists() else 1
-            count.write_text(str(n))
-            if n == kill_after:
-                sys.stdout.flush()
-                os.killpg(os.getpgrp(), signal.SIGKILL)
         return 0
     if cmd == "find" and args[0] == "data":
         folder = _path(args[args.index("--path") + 1])

@@ -399,6 +399,9 @@ def _run_entry(tmp_path: Path, mount: Path, project: Path, work: Path, listing_i
            "modules": json.dumps({"$dnanexus_link": modules_id}), "num_shards": "2", "shard_index": "0",
            "output_folder": "/mimir/run1", "mount": str(mount), "checkpoint_minutes": "10",
            "checkpoint_subjects": "1", "batch_args": "--workers 1 --threads 1 --batch-size 1"}
+    if kill_after:  # records paced (tests/batch/paced_site), so that the kill comes mid-shard on any machine
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).with_name("paced_site")), env.get("PYTHONPATH", "")])
+        env["MIMIR_TEST_RECORD_DELAY_S"] = "0.3"
     code = 'source "$0"; module=(phantom-demo); main'
     return subprocess.run(["bash", "-c", code, str(script)], env=env, start_new_session=True, timeout=300).returncode
 
@@ -448,9 +451,9 @@ def test_entry_script_end_to_end_interrupted_and_restarted(mount: Path, tmp_path
     assert _run_entry(tmp_path, big, project, tmp_path / "w1", listing_id, modules_id) == 0
     straight = archive_members(project)
 
-    # killed (SIGKILL to the whole job) right after its first checkpoint, then restarted on an empty disk
+    # killed (SIGKILL to the whole job) at its second checkpoint upload (the first stays), then restarted on an empty disk
     project, listing_id, modules_id = project_with_inputs("p-spot")
-    assert _run_entry(tmp_path, big, project, tmp_path / "w2", listing_id, modules_id, kill_after=1) == -9
+    assert _run_entry(tmp_path, big, project, tmp_path / "w2", listing_id, modules_id, kill_after=2) == -9
     index = json.loads((project / "index.json").read_text())
     left = {d["name"] for d in index.values() if d["folder"] == "/mimir/run1"}
     assert left == {"shard-0000-of-0002.checkpoint.tar.gz"}  # (the old copy may remain: uploaded first, then removed)
