@@ -112,8 +112,8 @@ class Stager(threading.Thread):
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.done: set[str] = set()
-        #: copies under way: (files, bytes the listing or the mount gives for them)
-        self._copying = [0, 0]
+        #: copies under way: key -> bytes the listing or the mount gives for it
+        self._copying: dict[str, int] = {}
         self._next_pending = 0
         #: counts for run.json: copies retried, files that never verified
         self.retried = 0
@@ -122,15 +122,20 @@ class Stager(threading.Thread):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def _in_flight(self) -> tuple[int, int]:
-        """Files and bytes staged and not yet taken, plus the copies under way."""
-        n, size = self._copying
+        """Files and bytes staged and not yet taken, plus the copies under way (call with ``self.lock`` held).
+
+        A file counts once, whether its copy is still under way or it has just landed in ``ready/``.
+        """
+        ready: set[str] = set()
+        size = 0
         for entry in os.scandir(self.root / READY):
-            n += 1
+            ready.add(entry.name.removesuffix(".err"))
             if entry.is_dir():
-                for f in os.scandir(entry.path):
-                    with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # a worker may take (delete) it while we look
+                    for f in os.scandir(entry.path):
                         size += f.stat().st_size
-        return n, size
+        size += sum(nbytes for key, nbytes in self._copying.items() if key not in ready)
+        return len(ready | self._copying.keys()), size
 
     def _wanted(self) -> list[str]:
         return sorted(k for k in os.listdir(self.root / WANT) if k in self.by_key and k not in self.done)
@@ -144,8 +149,8 @@ class Stager(threading.Thread):
         except OSError:
             return 0
 
-    def _take(self) -> tuple[InputFile, int] | None:
-        """The next file to copy (wanted ones first, past the look-ahead) and its size, reserved; or None."""
+    def _take(self) -> InputFile | None:
+        """The next file to copy (wanted ones first, past the look-ahead), reserved; or None."""
         with self.lock:
             wanted = self._wanted()
             if wanted:
@@ -160,10 +165,8 @@ class Stager(threading.Thread):
                     return None
                 pick = self.files[self._next_pending]
             self.done.add(_key(pick.name))
-            nbytes = self._size_of(pick)
-            self._copying[0] += 1
-            self._copying[1] += nbytes
-            return pick, nbytes
+            self._copying[_key(pick.name)] = self._size_of(pick)
+            return pick
 
     def stage(self, f: InputFile) -> None:
         """Stage one file (or write its error) into ``ready/``."""
@@ -203,19 +206,20 @@ class Stager(threading.Thread):
 
     def _copy_loop(self) -> None:
         while not self.stop_event.is_set():
-            taken = self._take()
-            if taken is None:
+            try:
+                f = self._take()
+            except OSError:  # the staging folder could not be listed this time: try again, never die
+                f = None
+            if f is None:
                 self.stop_event.wait(POLL_S)
                 continue
-            f, nbytes = taken
             try:
                 self.stage(f)
             except Exception as exc:  # noqa: BLE001 - a copying thread must never die: the worker would wait for ever
                 self._unreadable(f, f"{type(exc).__name__}: {exc}")
             finally:
                 with self.lock:
-                    self._copying[0] -= 1
-                    self._copying[1] -= nbytes
+                    self._copying.pop(_key(f.name), None)
 
     def run(self) -> None:
         helpers = [threading.Thread(target=self._copy_loop, name=f"mimir-stager-{i}", daemon=True)

@@ -255,7 +255,8 @@ def test_stager_threads_copy_at_once_within_the_look_ahead(tmp_path: Path, monke
         stager.start()
         deadline = time.monotonic() + 30
         while len(taken) < len(files) and time.monotonic() < deadline:  # a worker taking staged files in order
-            n, _ = stager._in_flight()
+            with stager.lock:
+                n, _ = stager._in_flight()
             peak_flight[0] = max(peak_flight[0], n)
             for entry in sorted(os.listdir(root / READY)):
                 shutil.rmtree(root / READY / entry)
@@ -506,3 +507,30 @@ def test_rap_collect_downloads_and_merges_the_shard_archives(whole: Path, tmp_pa
                        work_dir=str(tmp_path / "w"), log=said.append)
     assert result.restored == 0 and result.checkpoints == 0 and result.archive_id.startswith("file-")
     assert "already done" in said[0] and not (tmp_path / "w" / "shard-0000-of-0001" / "records").exists()
+
+
+def test_the_look_ahead_survives_a_staged_copy_taken_while_it_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker deleting a staged copy while the stager sizes it must not kill the stager (the run would hang)."""
+    import mimir.batch.staging as staging_mod
+
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x" * 10)
+    stager = Stager([InputFile("a", str(src)), InputFile("b", str(src))], tmp_path / "stage")
+    key = staging_mod._key("a")
+    (tmp_path / "stage" / READY / key).mkdir()
+    (tmp_path / "stage" / READY / key / "a.bin").write_bytes(b"x" * 10)
+    real = os.scandir
+
+    def scandir_after_delete(path: object = ".") -> object:
+        if str(path).endswith(os.sep + key):  # the worker took it between the listing and the look inside
+            os.remove(os.path.join(str(path), "a.bin"))
+            os.rmdir(str(path))
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(staging_mod.os, "scandir", scandir_after_delete)
+    with stager.lock:
+        assert stager._in_flight() == (1, 0)  # counted (it was listed), its size unknown
+    taken = stager._take()  # and the stager goes on
+    assert taken is not None and taken.name == "a" and stager._copying == {key: 10}
