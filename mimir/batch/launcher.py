@@ -25,6 +25,7 @@ import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 
+from mimir.batch.dx import split_folder
 from mimir.batch.inputs import shard_of
 from mimir.batch.rap import discover_inputs
 from mimir.batch.rap_job import shard_name
@@ -143,11 +144,15 @@ def dx_run_commands(
         cost_limit = round(2 * max(p.hours_per_shard) * p.price_per_hour + 0.005, 2)  # twice the longest shard
     policy = {"executionPolicy": {"restartOn": {"UnresponsiveWorker": restarts, "JMInternalError": restarts,
                                                 "ExecutionError": restarts}, "maxSpotTries": spot_tries}}
+    prefix, path = split_folder(folder)
+    # The applet puts its job's project in front of output_folder: the folder goes in bare, the project (if
+    # named) with --project, which makes it the job's project.
+    project = ["--project", prefix[:-1]] if prefix.rstrip(":") else []
     commands = []
     for i in range(p.num_shards):
         cmd = [
-            "dx", "run", applet, f"-ilisting={listing_file}", f"-imodules={modules_file}",
-            f"-inum_shards={p.num_shards}", f"-ishard_index={i}", f"-ioutput_folder={folder}",
+            "dx", "run", applet, *project, f"-ilisting={listing_file}", f"-imodules={modules_file}",
+            f"-inum_shards={p.num_shards}", f"-ishard_index={i}", f"-ioutput_folder={path}",
             "--instance-type", p.instance.name, "--priority", priority,
             "--name", f"mimir-{shard_name(i, p.num_shards)}", "--extra-args", json.dumps(policy, separators=(",", ":")),
         ]

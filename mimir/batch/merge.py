@@ -20,6 +20,7 @@ subject, the first folder given wins.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -31,6 +32,7 @@ from mimir import __version__
 from mimir.batch.records import (
     ERRORS_CSV,
     PREDICTIONS_CSV,
+    PREDICTIONS_JSON,
     STAGE_INPUT,
     ErrorRow,
     key_digest,
@@ -172,6 +174,11 @@ def _merge(sources: list[Any], dest_path: Path, *, input: str | None, parquet: b
                     "errors": [[e.name, e.path, e.stage, e.message] for e in read_errors(dest_path / ERRORS_CSV)]}
         write_parquet_from_csv(dest_path / PREDICTIONS_CSV, dest_path / PREDICTIONS_PARQUET, layout=csv_layout,
                                n_modules=len(key["modules"]), metadata={"mimir.run": meta_run})
+    # a folder merged into before: what this merge does not write must not stay behind as if it did
+    stale = ([] if with_json else [PREDICTIONS_JSON]) + ([] if parquet else [PREDICTIONS_PARQUET])
+    for name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            (dest_path / name).unlink()
     merged = {
         "format": "mimir-batch-merge/1",
         "mimir_version": __version__,

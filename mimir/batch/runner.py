@@ -320,6 +320,8 @@ def execute(opts: BatchOptions, monitor: Monitor) -> BatchResult:
     if not out.is_dir():
         raise UsageError("is a file, not a folder", path=opts.out_dir, hint="Give an output folder (-o).")
     atomic.check_writable_dir(out, create=False)  # a real write: permissions, read-only mounts, root
+    if opts.stage_dir is not None:
+        atomic.check_writable_dir(opts.stage_dir, what="staging folder (--stage)")
     workers = opts.workers or usable_cpus()  # the Ray engine leaves it to Ray unless given
     devices = opts.devices()
     if opts.volumes is not None:  # the workers write the volumes: the engine hands them this preprocessing

@@ -63,13 +63,22 @@ class StagingFailed(Exception):
     """A copy did not verify."""
 
 
-def copy_verified(src: str, dest: Path, expected: Expected | None) -> int:
-    """Copy ``src`` to ``dest`` and verify it (size, MD5 when known, zip CRCs); return its size."""
+class StagingStopped(Exception):
+    """The run ended while a copy was under way (the copy is dropped, not reported)."""
+
+
+def copy_verified(src: str, dest: Path, expected: Expected | None, stop: threading.Event | None = None) -> int:
+    """Copy ``src`` to ``dest`` and verify it (size, MD5 when known, zip CRCs); return its size.
+
+    ``stop``, when set, ends the copy at the next block (:class:`StagingStopped`).
+    """
     before = os.stat(src).st_size
     md5 = hashlib.md5(usedforsecurity=False) if expected is not None and expected.md5 else None
     size = 0
     with open(src, "rb") as fi, open(dest, "wb") as fo:
         while True:
+            if stop is not None and stop.is_set():
+                raise StagingStopped(src)
             block = fi.read(CHUNK)
             if not block:
                 break
@@ -184,7 +193,10 @@ class Stager(threading.Thread):
                     self.retried += 1
                 time.sleep(self.pause_s * 2 ** (attempt - 1))
             try:
-                copy_verified(f.path, dest, self.expected.get(f.path))
+                copy_verified(f.path, dest, self.expected.get(f.path), self.stop_event)
+            except StagingStopped:  # the run is over: nobody waits for this file
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                return
             except FileNotFoundError:
                 reason = "no such file"
                 break

@@ -93,14 +93,20 @@ def run_shard_cmd(
     instance of the same job left off (the checkpoint in --folder).
     """
     from mimir.batch.rap_job import run_shard
+    from mimir.errors import UsageError
+    from mimir.utils.atomic import check_writable_dir
 
     if shard_index >= num_shards:
-        from mimir.errors import UsageError
-
         raise UsageError(f"--shard-index {shard_index} is outside 0..{num_shards - 1}")
     try:
+        extra = shlex.split(batch_args)
+    except ValueError as exc:  # an unbalanced quote
+        raise UsageError(f"--batch-args cannot be split into options ({exc})",
+                         hint="Quote it as one string, e.g. --batch-args \"--workers 4 --instance 2\".") from None
+    check_writable_dir(work, what="work folder (--work)")  # before any work
+    try:
         result = run_shard(listing, folder, shard_index=shard_index, num_shards=num_shards, work_dir=str(work),
-                           batch_args=shlex.split(batch_args), every_s=every_min * 60, every_n=every_n, report=report)
+                           batch_args=extra, every_s=every_min * 60, every_n=every_n, report=report)
     except MimirError as exc:
         report_error(str(exc))
         raise typer.Exit(EXIT_ERROR) from None

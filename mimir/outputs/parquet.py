@@ -179,9 +179,9 @@ def iter_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, str]]:
     require_pyarrow()
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(os.fspath(path))
-    names = pf.schema_arrow.names
-    for batch in pf.iter_batches(batch_size=ROW_GROUP):
-        cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
-        for values in zip(*cols):
-            yield {c: cell_text(v) for c, v in zip(names, values)}
+    with pq.ParquetFile(os.fspath(path)) as pf:  # closed when read through, or when the caller stops early
+        names = pf.schema_arrow.names
+        for batch in pf.iter_batches(batch_size=ROW_GROUP):
+            cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+            for values in zip(*cols):
+                yield {c: cell_text(v) for c, v in zip(names, values)}

@@ -3,6 +3,7 @@ listings, staging with verification, Parquet outputs, shard archives, merge, che
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 
 from mimir.batch.checkpoint import Checkpointer, pack_records, restore_records
 from mimir.batch.inputs import InputFile, shard_of
-from mimir.batch.launcher import BOOT_MIN, parse_instance, plan, subjects_per_hour
+from mimir.batch.launcher import BOOT_MIN, dx_run_commands, parse_instance, plan, subjects_per_hour
 from mimir.batch.rap import Expected, discover_inputs
 from mimir.batch.staging import READY, Stager, StagingFailed, copy_verified
 from mimir.cli import app
@@ -125,6 +126,10 @@ def test_parquet_shards_merge_to_the_unsharded_run(mount: Path, whole: Path, tmp
     assert "predictions.json was not written" in r.output
     assert pq.read_table(merged / "predictions.parquet").equals(expected)
     assert (merged / "predictions.csv").read_bytes() == (whole / "predictions.csv").read_bytes()
+    # the same into the folder merged before: its predictions.json (not written this time) does not stay behind
+    r = runner.invoke(app, ["merge", *(str(s / "predictions.parquet") for s in shards), "-o", str(tmp_path / "m-folders")])
+    assert r.exit_code == 0 and not (tmp_path / "m-folders" / "predictions.json").exists(), r.output
+    assert (tmp_path / "m-folders" / "predictions.csv").read_bytes() == (whole / "predictions.csv").read_bytes()
 
     # one archive per shard: the same bytes again; a shard left out is listed as missing with --input
     from mimir.batch.shards import pack
@@ -236,7 +241,7 @@ def test_stager_threads_copy_at_once_within_the_look_ahead(tmp_path: Path, monke
     lock, active, peak, peak_flight = threading.Lock(), [0], [0], [0]
     real = staging_mod.copy_verified
 
-    def slow_copy(path: str, dest: Path, expected: object) -> int:
+    def slow_copy(path: str, dest: Path, expected: object, stop: object = None) -> int:
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
@@ -289,7 +294,7 @@ def test_staging_keeps_the_users_folders_and_survives_odd_failures(tmp_path: Pat
     (staging_mod.work_dir(stage) / READY / key_a / "a.bin").write_bytes(b"old")
     real = staging_mod.copy_verified
 
-    def odd(path: str, dest: Path, expected: object) -> int:
+    def odd(path: str, dest: Path, expected: object, stop: object = None) -> int:
         if dest.parent.name == staging_mod._key("b"):
             raise RuntimeError("File is encrypted, password required")
         return real(path, dest, expected)  # type: ignore[arg-type]
@@ -360,6 +365,26 @@ def test_launcher_dry_run_prints_plan_and_commands(tmp_path: Path) -> None:
     assert "--instance-type mem3_ssd1_gpu_x8 --priority low" in cmds[0] and "-ishard_index=0" in cmds[0]
     assert "--cost-limit" in cmds[0] and "restartOn" in cmds[0] and "-imodule=module_bodycomp" in cmds[0]
     assert "dry run: " in r.output
+    # the applet puts the job's project in front of output_folder: the folder goes in bare, its project with --project
+    assert "--project project-x " in cmds[0] and "-ioutput_folder=/mimir/run1 " in cmds[0]
+    bare = dx_run_commands(q, applet="a", listing_file="l", modules_file="m", folder=":/mimir/run1/")
+    assert "-ioutput_folder=/mimir/run1" in bare[0] and "--project" not in bare[0]
+
+
+@pytest.mark.parametrize(("output_folder", "expected"), [("/mimir/run1", "project-ctx:/mimir/run1"),
+                                                         ("project-b:/mimir/run1", "project-b:/mimir/run1")])
+def test_entry_script_passes_the_output_folder_once(tmp_path: Path, output_folder: str, expected: str) -> None:
+    """The applet's --folder for run-shard: the job's project in front of a bare folder, a PROJECT:/x kept."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "deploy" / "ukb-rap" / "src" / "mimir_shard.sh"
+    stubs = 'dx() { :; }; tar() { :; }; mimir() { printf "%s\\n" "$@" > "$ARGS_OUT"; }; '
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MIMIR_WORK": str(tmp_path / "w"),
+           "ARGS_OUT": str(tmp_path / "args"), "DX_PROJECT_CONTEXT_ID": "project-ctx", "output_folder": output_folder,
+           "listing": "{}", "modules": "{}", "num_shards": "2", "shard_index": "0"}
+    subprocess.run(["bash", "-c", f'source "$0"; {stubs} main', str(script)], env=env, check=True, timeout=60)
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:2] == ["rap", "run-shard"] and args[args.index("--folder") + 1] == expected
 
 
 def test_dxapp_json_has_what_dnanexus_documents() -> None:
@@ -534,3 +559,78 @@ def test_the_look_ahead_survives_a_staged_copy_taken_while_it_is_counted(
         assert stager._in_flight() == (1, 0)  # counted (it was listed), its size unknown
     taken = stager._take()  # and the stager goes on
     assert taken is not None and taken.name == "a" and stager._copying == {key: 10}
+
+
+def test_run_shard_and_stage_refuse_bad_options_in_one_line_before_any_work(mount: Path, tmp_path: Path) -> None:
+    """Unbalanced quotes in --batch-args, a --work or --stage under a file: one error line, exit 1, nothing run."""
+    (tmp_path / "afile").write_text("a regular file\n")
+    base = ["rap", "run-shard", str(mount), "--folder", "project-x:/mimir/run1", "--shard-index", "0",
+            "--num-shards", "1", "--work", str(tmp_path / "w")]
+    cases = {
+        "--batch-args": [*base, "--batch-args", '--workers "1'],
+        "afile": [*base[:-1], str(tmp_path / "afile"), "--batch-args", "--workers 1"],
+    }
+    for expected, args in cases.items():
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), (args, r.exception)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], r.stderr
+    assert not (tmp_path / "w").exists()  # nothing run
+
+    r = batch(str(mount / DIXON), "-o", str(tmp_path / "out"), "--stage", str(tmp_path / "afile" / "sub"))
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and "afile" in lines[0] and "staging folder" in lines[0], r.stderr
+    assert not any((tmp_path / "out").glob("*.csv"))  # refused before any subject
+
+
+def test_reading_a_parquet_file_leaves_no_file_open(whole: Path) -> None:
+    """merge reads many Parquet files: each is closed once read, or once its reader is dropped early."""
+    from mimir.outputs.parquet import iter_rows
+
+    path = whole / "predictions.parquet"
+
+    def open_on_it() -> int:
+        return sum(os.path.realpath(f"/proc/self/fd/{fd}") == str(path.resolve()) for fd in os.listdir("/proc/self/fd"))
+
+    rows = list(iter_rows(path))
+    assert [r["name"] for r in rows] == [r["name"] for r in csv_rows(whole / "predictions.csv")]
+    assert open_on_it() == 0
+    early = iter_rows(path)
+    next(early)
+    assert open_on_it() == 1
+    early.close()
+    assert open_on_it() == 0
+
+
+def test_a_copy_under_way_when_the_run_ends_is_dropped_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run ends (done, Ctrl-C, an error) during a slow copy: the copy stops at its next block, no error row."""
+    import threading
+
+    import mimir.batch.staging as staging_mod
+
+    fifo = tmp_path / "slow.zip"
+    os.mkfifo(fifo)  # a source that gives one byte at a time, as a stalled mount would
+    done = threading.Event()
+
+    def trickle() -> None:
+        with contextlib.suppress(BrokenPipeError), open(fifo, "wb", buffering=0) as fh:
+            while not done.wait(0.02):
+                fh.write(b"x")
+
+    writer = threading.Thread(target=trickle, daemon=True)
+    writer.start()
+    monkeypatch.setattr(staging_mod, "CHUNK", 1)
+    stage = tmp_path / "st"
+    with staging_mod.staging([InputFile("slow", str(fifo))], stage) as stager:
+        tmp = staging_mod.work_dir(stage) / "tmp" / staging_mod._key("slow") / "slow.zip"
+        deadline = time.monotonic() + 20
+        while not tmp.exists():  # the copy is under way
+            assert time.monotonic() < deadline, "the copy never started"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        started = time.monotonic()
+    took = time.monotonic() - started
+    done.set()
+    assert took < 2 and not stager.is_alive()  # stopped at the next block, not after the 30 s join timeout
+    assert stager.failed == 0 and stager.retried == 0  # dropped, not reported as unreadable
+    assert not staging_mod.work_dir(stage).exists()

@@ -43,8 +43,12 @@ main() {
     local report_flag=()
     if [ "${report:-false}" = "true" ]; then report_flag=(--report); fi
 
+    # output_folder is a folder of the job's project; one given with its project (PROJECT:/x) is kept as it is
+    local folder="${DX_PROJECT_CONTEXT_ID}:${output_folder}"
+    case "$output_folder" in *:*) folder="$output_folder" ;; esac
+
     mimir rap run-shard "$work/listing.json" \
-        --folder "${DX_PROJECT_CONTEXT_ID}:${output_folder}" \
+        --folder "$folder" \
         --shard-index "$shard_index" --num-shards "$num_shards" \
         --work "$work" \
         --checkpoint-minutes "${checkpoint_minutes:-10}" \
