@@ -14,10 +14,13 @@ squares on a reference group (docs/derived.md has the formulas and references):
 - ``inverse``: fit ``p = a + b age``; corrected predicted age ``(p - a) / b``,
   corrected gap ``= (p - a) / b - age`` (the inversion discussed by de Lange and Cole 2020).
 
-Cross-fitting: every subject is given one of ``K`` folds (a seeded permutation of
-the row order); a reference subject's correction is fitted on the reference
-subjects of the other folds, a subject outside the reference is corrected with the
-fit on the whole reference. No subject's own values enter its correction.
+Cross-fitting: the folds are dealt per subject (eid), not per row: every subject
+is given one of ``K`` folds (a seeded permutation of the subjects in the order of
+their first row) and all its rows (its visits, instances 2 and 3) share that fold;
+a row whose eid is unknown counts as a subject of its own. A reference row's
+correction is fitted on the reference rows of the other folds, a row outside the
+reference is corrected with the fit on the whole reference. No subject's own
+values, from any of its visits, enter its correction.
 
 Standard error of the corrected gap (delta method), with ``var_p`` the
 prediction's variance and ``S`` the 2 x 2 covariance of the fit ``(a, b)``:
@@ -86,22 +89,51 @@ def fit_line(x: np.ndarray, y: np.ndarray) -> LinearFit:
     return LinearFit(float(coef[0]), float(coef[1]), s2 * np.linalg.inv(xtx), n)
 
 
-def fold_of(n: int, folds: int, seed: int = 0) -> np.ndarray:
-    """Fold (0 .. folds-1) of each of ``n`` rows: a seeded permutation dealt round robin. Shape (n,), int."""
+def subject_codes(eid: np.ndarray | pd.Series | None, n: int) -> np.ndarray:
+    """Subject number (0 .. m-1) of each of ``n`` rows, in the order of each subject's first row. Shape (n,), int.
+
+    Rows with the same ``eid`` share a number; a row whose eid is unknown (None,
+    NaN) is a subject of its own; without ``eid`` every row is (codes ``0 .. n-1``).
+    """
+    if eid is None:
+        return np.arange(n, dtype=np.int64)
+    codes, _ = pd.factorize(pd.Series(np.asarray(eid, dtype=object)), sort=False, use_na_sentinel=True)
+    if codes.size != n:
+        raise ValueError(f"eid has {codes.size} rows, expected {n}")
+    first = np.arange(n, dtype=np.int64)  # row of each row's subject's first row (its own when unknown)
+    known = codes >= 0
+    if known.any():
+        first_of_code = np.full(int(codes.max()) + 1, n, dtype=np.int64)
+        np.minimum.at(first_of_code, codes[known], np.flatnonzero(known))
+        first[known] = first_of_code[codes[known]]
+    return np.unique(first, return_inverse=True)[1].astype(np.int64).reshape(n)
+
+
+def fold_of(n: int, folds: int, seed: int = 0, eid: np.ndarray | pd.Series | None = None) -> np.ndarray:
+    """Fold (0 .. folds-1) of each of ``n`` rows. Shape (n,), int.
+
+    The subjects (:func:`subject_codes` of ``eid``; without it every row is a
+    subject) are dealt round robin in a seeded permutation, and each row takes its
+    subject's fold: all rows of an eid share one fold. With one row per eid this is
+    the same as dealing the rows.
+    """
     if folds < 2:
         raise UsageError(f"--folds {folds}: cross-fitting needs at least 2 folds", hint="Use for example 5 or 10.")
-    order = np.random.default_rng([int(seed), 0xA6E]).permutation(n)
-    out = np.empty(n, dtype=np.int64)
-    out[order] = np.arange(n) % folds
-    return out
+    subject = subject_codes(eid, n)
+    m = int(subject.max()) + 1 if n else 0
+    order = np.random.default_rng([int(seed), 0xA6E]).permutation(m)
+    per_subject = np.empty(m, dtype=np.int64)
+    per_subject[order] = np.arange(m) % folds
+    return per_subject[subject]
 
 
 @dataclass
 class AgeGapResult:
-    """Per subject (arrays of shape (n,)) and the fits used.
+    """Per row, i.e. per subject visit (arrays of shape (n,)), and the fits used.
 
-    ``fits[k]`` is the fit on the reference outside fold ``k``; ``fit_all`` the fit
-    on the whole reference (used for subjects outside the reference and reported).
+    ``fold``: the fold of the row's subject (eid); ``fits[k]`` is the fit on the
+    reference outside fold ``k``; ``fit_all`` the fit on the whole reference (used
+    for rows outside the reference and reported).
     """
 
     raw_gap: np.ndarray
@@ -120,12 +152,16 @@ def _fit(method: str, age: np.ndarray, pred: np.ndarray) -> LinearFit:
 
 
 def correct_age_gap(predicted: np.ndarray, age: np.ndarray, variance: np.ndarray, reference: np.ndarray | None = None,
-                    method: str = "gap", folds: int = 5, seed: int = 0) -> AgeGapResult:
+                    method: str = "gap", folds: int = 5, seed: int = 0,
+                    eid: np.ndarray | pd.Series | None = None) -> AgeGapResult:
     """Raw and cross-fitted corrected age gaps with standard errors (see the module docstring).
 
     ``predicted``, ``age`` (years) and ``variance`` (years^2) have shape (n,);
-    ``reference`` is a boolean mask (default: every subject). Subjects with a
-    non-finite prediction or age get NaN results and take no part in any fit.
+    ``reference`` is a boolean mask (default: every row). ``eid``: the subject of
+    each row, shape (n,); the folds are dealt per subject, so a subject's other
+    visits never enter the fit that corrects one of its rows (default: every row a
+    subject of its own; None/NaN: a subject of its own). Rows with a non-finite
+    prediction or age get NaN results and take no part in any fit.
     """
     if method not in METHODS:
         raise UsageError(f"unknown correction method {method!r}", hint=f"Choose one of: {', '.join(METHODS)}.")
@@ -136,7 +172,7 @@ def correct_age_gap(predicted: np.ndarray, age: np.ndarray, variance: np.ndarray
     ref = np.ones(n, bool) if reference is None else np.asarray(reference, bool)
     ok = np.isfinite(p) & np.isfinite(a)
     use = ok & ref
-    fold = fold_of(n, folds, seed)
+    fold = fold_of(n, folds, seed, eid)
     fit_all = _fit(method, a[use], p[use])
     fits = {k: _fit(method, a[use & (fold != k)], p[use & (fold != k)]) for k in range(folds)}
     intercept = np.full(n, fit_all.intercept)
@@ -182,8 +218,8 @@ def age_gap_table(preds: pd.DataFrame, ages: pd.Series, target: str, method: str
 
     ``ages``: chronological age in years at each row's visit, aligned with the rows
     of ``preds`` for ``target`` (see :func:`select_target`); ``reference``: eids of the
-    reference group (default all). Rows are sorted by eid and instance; folds
-    follow that order.
+    reference group (default all). Rows are sorted by eid and instance; the folds
+    are dealt per subject (eid) in that order, all visits of an eid in one fold.
     """
     from mimir.analysis.change import critical_z
 
@@ -193,7 +229,7 @@ def age_gap_table(preds: pd.DataFrame, ages: pd.Series, target: str, method: str
         raise UsageError("none of the --reference eids is in the predictions",
                          hint="Pass eids of subjects in the prediction file.")
     res = correct_age_gap(preds["mean"].to_numpy(float), ages.to_numpy(float), preds["variance"].to_numpy(float),
-                          ref, method, folds, seed)
+                          ref, method, folds, seed, preds["eid"].to_numpy())
     status = np.where(np.isfinite(preds["mean"].to_numpy(float)), "ok", "no prediction")
     status = np.where(np.isfinite(preds["mean"].to_numpy(float)) & ~np.isfinite(res.se), "no variance", status)
     out = pd.DataFrame({

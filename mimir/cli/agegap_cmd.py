@@ -34,8 +34,8 @@ def age_gap_cmd(
     reference: Optional[Path] = typer.Option(  # noqa: UP007
         None, "--reference", metavar="FILE", help="Eids of the reference group the correction is fitted on "
         "(one per line, or a table with an eid column); default: every subject.", show_default=False),
-    folds: int = typer.Option(5, "--folds", min=2, metavar="K", help="Cross-fitting folds: no subject's own "
-                              "values enter its correction."),
+    folds: int = typer.Option(5, "--folds", min=2, metavar="K", help="Cross-fitting folds, dealt per subject "
+                              "(eid): no subject's own values, from any visit, enter its correction."),
     seed: int = typer.Option(0, "--seed", min=0, metavar="N", help="Seed of the fold assignment."),
     level: float = typer.Option(0.95, "--level", metavar="P", help="Level of the corrected gap's interval."),
     age_column: Optional[str] = typer.Option(  # noqa: UP007

@@ -271,3 +271,75 @@ def test_table_rows_follow_eid_order(tmp_path: Path) -> None:
     assert table["eid"].tolist() == sorted(table["eid"].tolist())
     assert table["ci_high"].to_numpy() - table["corrected_gap"].to_numpy() == pytest.approx(
         1.959964 * table["corrected_gap_se"].to_numpy(), rel=1e-5)
+
+
+# -- folds per subject (eid): a subject's other visit never enters its correction ---------------------------
+
+def _two_visit_rows(tmp_path: Path, n: int = 60, twice: int = 25) -> tuple[pd.DataFrame, pd.Series]:
+    """A prediction table (one age target) where the first ``twice`` of ``n`` eids have visits 2 and 3, the rest
+    visit 2 only, and the ages at each visit; rows sorted by eid and instance as ``mimir age-gap`` has them."""
+    age, _, pred, _ = _population(n + twice, seed=11)
+    eids = 1_000_000 + np.arange(n)
+    visits = [(int(e), 2, float(pred[i])) for i, e in enumerate(eids)]
+    visits += [(int(eids[i]), 3, float(pred[n + i])) for i in range(twice)]
+    preds = tmp_path / "two_visits.csv"
+    preds.write_text(csv_text(_results(visits)))
+    ages = tmp_path / "two_visit_ages.csv"
+    i3 = np.full(n, np.nan)
+    i3[:twice] = age[n:] + 2.5  # the second imaging visit, some years later
+    pd.DataFrame({"eid": eids, "p21003_i2": age[:n], "p21003_i3": i3}).to_csv(ages, index=False)
+    rows = select_target(read_predictions(preds), "age")
+    return rows, ages_for(rows, PhenotypeTable.read(ages))
+
+
+@pytest.mark.parametrize("method", ["gap", "inverse"])
+def test_folds_are_dealt_per_eid_so_a_subjects_other_visit_never_enters_its_correction(
+        tmp_path: Path, method: str) -> None:
+    rows, ages = _two_visit_rows(tmp_path)
+    assert len(rows) == 85 and int((rows["instance"] == 3).sum()) == 25
+    base, _ = age_gap_table(rows, ages, "age", method, folds=5, seed=3)
+    # every eid's rows (both visits) in one fold; the 60 subjects dealt evenly, 12 per fold
+    per_eid = base.groupby("eid")["fold"]
+    assert (per_eid.nunique() == 1).all()
+    assert np.bincount(per_eid.first().to_numpy()).tolist() == [12] * 5
+    twice = sorted(set(base.loc[base["instance"] == 3, "eid"]))
+    assert len({int(base.loc[base["eid"] == e, "fold"].iloc[0]) for e in twice}) == 5  # two-visit subjects everywhere
+    # deterministic: the same input gives the same table
+    again, _ = age_gap_table(rows, ages, "age", method, folds=5, seed=3)
+    pd.testing.assert_frame_equal(base, again)
+    cols = ["corrected_gap", "corrected_gap_se", "intercept", "slope", "fold"]
+    for eid in twice:
+        v2 = ((base["eid"] == eid) & (base["instance"] == 2)).to_numpy()
+        v3 = ((base["eid"] == eid) & (base["instance"] == 3)).to_numpy()
+        moved_rows, moved_ages = rows.copy(), ages.copy()
+        moved_rows.loc[v3, "mean"] += 25.0  # only visit 3 of this subject changes: prediction and age
+        moved_ages[v3] -= 11.0
+        moved, _ = age_gap_table(moved_rows, moved_ages, "age", method, folds=5, seed=3)
+        np.testing.assert_allclose(moved.loc[v2, cols].to_numpy(float), base.loc[v2, cols].to_numpy(float),
+                                   rtol=0, atol=1e-12)
+        # ... while the rows of the other folds, whose fits hold visit 3, do move (the change is not a no-op)
+        others = (base["fold"] != base.loc[v2, "fold"].iloc[0]).to_numpy()
+        assert np.abs(moved.loc[others, "slope"].to_numpy() - base.loc[others, "slope"].to_numpy()).min() > 1e-6
+
+
+def test_fold_of_deals_subjects_counts_unknown_eids_alone_and_matches_rows_for_one_visit_each() -> None:
+    # one row per eid: dealing the subjects is dealing the rows (same folds as without eid)
+    eids = 1_000_000 + np.arange(37)
+    for folds, seed in ((2, 0), (5, 7), (10, 123)):
+        assert fold_of(37, folds, seed, eids).tolist() == fold_of(37, folds, seed).tolist()
+    # repeated eids share a fold; the subjects, in order of first row, are dealt as rows would be
+    eid = np.array([5, 5, 8, 9, 9, 12, 13, 13, 20, 21], dtype=object)
+    got = fold_of(10, 3, 4, eid)
+    assert got[0] == got[1] and got[3] == got[4] and got[6] == got[7]
+    first = [0, 2, 3, 5, 6, 8, 9]
+    assert got[first].tolist() == fold_of(7, 3, 4).tolist()
+    # an unknown eid (None, NaN) is a subject of its own, in its row's place
+    unknown = np.array([5, 5, None, 8, np.nan, 8, 9], dtype=object)
+    assert fold_of(7, 2, 1, unknown).tolist() == fold_of(5, 2, 1)[[0, 0, 1, 2, 3, 2, 4]].tolist()
+    assert fold_of(7, 2, 1, unknown).tolist() == fold_of(7, 2, 1, unknown).tolist()
+    # and correct_age_gap takes the eids: both rows of an eid share the fold of its first
+    age, _, pred, var = _population(40)
+    pair = np.repeat(np.arange(20), 2)
+    res = correct_age_gap(pred, age, var, folds=4, seed=2, eid=pair)
+    assert (res.fold[0::2] == res.fold[1::2]).all()
+    assert res.fold[0::2].tolist() == fold_of(20, 4, 2).tolist()
