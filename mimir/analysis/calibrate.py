@@ -14,6 +14,13 @@ Per target a variance scale factor ``s`` is fitted so that the intervals
 With ``recalibrate_means`` a straight line ``a + b * mean`` (least squares of the
 reference on the prediction) is fitted first and ``s`` on its residuals.
 
+A fit is reported as not converged (``Fit.converged``, with the reason in
+``Fit.note``) when the annealing's error stays above its tolerance, or when the
+best factor of the other objectives lies at the edge of their search range
+(``1e-3`` to ``1e3``). The factor composed with the parent's own must lie in
+module.json's calibration range (``CALIBRATION_RANGE``, ``1e-6`` to ``1e3``):
+else nothing is written and a :class:`~mimir.errors.UsageError` names the target.
+
 The figures reported are cross-fitted: the subjects are split into ``folds``
 groups, and each group's "after" intervals come from factors fitted on the other
 groups, so every figure is measured on subjects the fit did not see. The
@@ -60,6 +67,8 @@ class Fit:
     intercept: float = 0.0
     slope: float = 1.0
     converged: bool = True
+    #: Why the fit did not converge ("" when it did).
+    note: str = ""
 
     def apply(self, mean: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.intercept + self.slope * mean, self.scale * variance
@@ -76,11 +85,14 @@ def fit_target(reference: np.ndarray, mean: np.ndarray, variance: np.ndarray, ob
     adjusted = intercept + slope * mean
     if objective == "anneal":
         scale, converged = M.anneal_scale(reference, adjusted, variance)
+        note = "" if converged else "not converged: the annealing's calibration error stayed above its tolerance"
     else:
-        from mimir.training.calibration import fit_scale
+        from mimir.training.calibration import SCALE_MAX, SCALE_MIN, fit_scale_converged
 
-        scale, converged = fit_scale(reference, adjusted, variance, objective), True
-    return Fit(scale=float(scale), intercept=intercept, slope=slope, converged=converged)
+        scale, converged = fit_scale_converged(reference, adjusted, variance, objective)
+        note = "" if converged else (f"not converged: the best scale lies at the edge of the search range "
+                                     f"{SCALE_MIN:g} to {SCALE_MAX:g}")
+    return Fit(scale=float(scale), intercept=intercept, slope=slope, converged=bool(converged), note=note)
 
 
 def _figures(reference: np.ndarray, mean: np.ndarray, variance: np.ndarray, level: float) -> dict[str, float]:
@@ -204,8 +216,8 @@ def calibrate_module(module: str | os.PathLike[str], predictions: str | os.PathL
         levels = part["level"].dropna().unique()
         level = float(levels[0]) if len(levels) else 0.95
         before, after = cross_fit(r[ok], m[ok], v[ok], groups, objective, recalibrate_means, level)
-        reports.append(TargetCalibration(t.name, n, fit_target(r[ok], m[ok], v[ok], objective, recalibrate_means),
-                                         before, after))
+        fit = fit_target(r[ok], m[ok], v[ok], objective, recalibrate_means)
+        reports.append(TargetCalibration(t.name, n, fit, before, after, note=fit.note))
     if all(rep.fit is None for rep in reports):
         raise UsageError(f"matches fewer than {MIN_SUBJECTS} labelled subjects for every target of {parent.name}",
                          reference, "Pass more subjects, or map the targets to their columns with --map TARGET=COLUMN.")
@@ -217,8 +229,46 @@ def calibrate_module(module: str | os.PathLike[str], predictions: str | os.PathL
     return CalibrationResult(derived, parent, reports, objective, folds, recalibrate_means)
 
 
+def _check_scales(parent: Any, reports: list[TargetCalibration]) -> None:
+    """Refuse (one line, before anything is written) a refit that module.json could not hold.
+
+    The composed recalibration (the refit on top of the parent's own) goes
+    through module.json's own check: a variance scale outside
+    ``CALIBRATION_RANGE`` (1e-6 to 1e3), or with ``--recalibrate-means`` a zero or
+    absurd slope or intercept.
+    """
+    from mimir.models.module_format import CALIBRATION_RANGE, parse_recalibration
+
+    by_name = {t.name: t for t in parent.targets}
+    bad = []
+    for rep in reports:
+        if rep.fit is None:
+            continue
+        composed = _compose(by_name[rep.target].recalibration, rep.fit)
+        try:
+            parse_recalibration(composed)
+        except ValueError as exc:
+            bad.append((rep, composed, exc))
+    if not bad:
+        return
+    rep, composed, exc = bad[0]
+    own = (by_name[rep.target].recalibration or {}).get("variance_scale", 1.0)
+    more = f" (and {len(bad) - 1} more target(s))" if len(bad) > 1 else ""
+    lo, hi = CALIBRATION_RANGE
+    if lo <= composed["variance_scale"] <= hi:  # the means' refit
+        what = f"the refitted means cannot be stored ({exc})"
+    else:
+        what = (f"the calibrated variance scale would be {composed['variance_scale']:.4g} (fitted {rep.fit.scale:.4g} "
+                f"x the parent {parent.name}'s {own:.4g}), outside the allowed {lo:g} to {hi:g}")
+    raise UsageError(
+        f"target {rep.target}{more}: {what}; nothing was installed",
+        hint=f"Check that the predictions were made by {parent.name} and that the reference column of each target "
+             "holds the same quantity in the same unit (--map TARGET=COLUMN).")
+
+
 def _derived_spec(parent: Any, name: str, reports: list[TargetCalibration], objective: str, folds: int,
                   recalibrate_means: bool, *, parent_sha: str, predictions: str, reference: str) -> Any:
+    _check_scales(parent, reports)
     spec = copy.deepcopy(parent)
     spec.name, spec.path, spec.builtin = name, None, False
     by_name = {rep.target: rep for rep in reports}

@@ -18,6 +18,10 @@ calibrated variance, in the target's unit squared)::
 and, where both visit dates are known, ``years = (date_b - date_a) / 365.25 days``,
 ``change_per_year = change / years`` and its se ``se / years``. ``rho`` is the
 correlation of the two visits' prediction errors, assumed 0 (docs/derived.md).
+
+A row keeps its place whatever is missing; its ``status`` says what (a failed
+visit, no variance and, when dates were given, a missing or out-of-order date:
+:func:`date_problems`), several problems joined by ``"; "``.
 """
 
 from __future__ import annotations
@@ -88,6 +92,24 @@ def change_statistics(a: np.ndarray, var_a: np.ndarray, b: np.ndarray, var_b: np
                             ci_high=change + zc * se, flagged=finite & (np.abs(np.where(finite, z, 0.0)) > zc))
 
 
+#: Status of a row whose change is complete.
+STATUS_OK = "ok"
+
+
+def date_problems(date_a: pd.Series, date_b: pd.Series, first: int, second: int) -> np.ndarray:
+    """Per row, why ``years`` is empty although dates were given ("" where both dates are known and in order)."""
+    miss_a, miss_b = date_a.isna().to_numpy(), date_b.isna().to_numpy()
+    out = np.full(len(date_a), "", dtype=object)
+    out[miss_a] = f"no visit date for instance {first}"
+    out[miss_b] = f"no visit date for instance {second}"
+    out[miss_a & miss_b] = "no visit date for either instance"
+    both = ~miss_a & ~miss_b
+    order = np.zeros(len(date_a), dtype=bool)
+    order[both] = (date_b[both] <= date_a[both]).to_numpy()
+    out[order] = f"visit date of instance {second} is not after instance {first}'s"
+    return out
+
+
 def _check_visits(preds: pd.DataFrame, first: int, second: int) -> None:
     if first == second:
         raise UsageError(f"the two visits are the same instance ({first})", hint="Pass two different instances.")
@@ -128,8 +150,10 @@ def visit_change(preds: pd.DataFrame, first: int = 2, second: int = 3, level: fl
 
     Returns the change table (:data:`CHANGE_COLUMNS`, one row per eid, module and
     target seen at both instances; a visit whose prediction failed gives NaN values
-    and a ``status`` saying which) and the number of eids seen at only one of the two
-    instances (not in the table). Raises :class:`~mimir.errors.UsageError` for
+    and a ``status`` saying which; when ``dates`` is given, a row whose years stay
+    empty, for a missing date or a second visit not after the first, says so in its
+    ``status`` too) and the number of eids seen at only one of the two instances
+    (not in the table). Raises :class:`~mimir.errors.UsageError` for
     duplicate subject visits or a target in several units.
     """
     _check_visits(preds, first, second)
@@ -182,13 +206,17 @@ def visit_change(preds: pd.DataFrame, first: int = 2, second: int = 3, level: fl
     out["change_per_year_se"] = stats.se / years
     out["qc_status_a"], out["qc_status_b"] = m["qc_status_a"], m["qc_status_b"]
     out["ood_flag_a"], out["ood_flag_b"] = m["ood_flag_a"].astype(bool), m["ood_flag_b"].astype(bool)
-    status = np.full(len(out), "ok", dtype=object)
+    status = np.full(len(out), "", dtype=object)
     status[~np.isfinite(m["mean_b"].to_numpy(float))] = f"no prediction at instance {second}"
     status[~np.isfinite(m["mean_a"].to_numpy(float))] = f"no prediction at instance {first}"
     status[(~np.isfinite(m["mean_a"].to_numpy(float))) & (~np.isfinite(m["mean_b"].to_numpy(float)))] = \
         "no prediction at either instance"
     bad_var = np.isfinite(stats.change) & ~np.isfinite(stats.se)
     status[bad_var] = "no variance"
+    if dates is not None:  # dates were asked for: a row without years says why (it is never dropped)
+        no_years = date_problems(date_a, date_b, first, second)
+        status = np.array(["; ".join(x for x in pair if x) for pair in zip(status, no_years)], dtype=object)
+    status[status == ""] = STATUS_OK
     out["status"] = status
     out["schema_version"] = CHANGE_SCHEMA_VERSION
     return out[list(CHANGE_COLUMNS)], unpaired

@@ -45,11 +45,14 @@ from mimir.utils import atomic
 METRIC_COLUMNS = (
     "module", "module_version", "target", "unit", "field", "reference_column", "n", "suppressed", "bias", "sd_diff",
     "loa_low", "loa_high", "icc", "icc_ci_low", "icc_ci_high", "icc_original", "r2", "pearson_r", "mae",
-    "mape_percent", "level", "coverage", "coverage_50", "coverage_80", "coverage_90", "coverage_95", "auce",
+    "mape_percent", "n_calibration", "level", "coverage", "coverage_50", "coverage_80", "coverage_90",
+    "coverage_95", "auce",
     "published_n", "published_icc", "published_r2", "published_mae", "published_mape_percent",
 )
 SCHEMA = "mimir-evaluation"
-SCHEMA_VERSION = 1
+#: 2: ``n_calibration`` added; agreement metrics on every subject with a prediction and a reference
+#: (1 computed them on the subjects with an interval only).
+SCHEMA_VERSION = 2
 DEFAULT_MIN_COUNT = 10
 #: Bins per axis of the density plots (about; round-number edges).
 DENSITY_BINS = 24
@@ -196,15 +199,33 @@ def _published(module: str, target: str) -> dict[str, Any]:
     return {f"published_{k}": found.get(k) for k in ("n", "icc", "r2", "mae", "mape_percent")}
 
 
+#: Keys of :func:`group_metrics` computed from the intervals (None when too few subjects have one).
+CALIBRATION_KEYS = ("coverage", *(f"coverage_{round(lv * 100)}" for lv in M.COVERAGE_LEVELS), "auce",
+                    "calibration_curve", "sparsification")
+
+
 def group_metrics(reference: np.ndarray, mean: np.ndarray, variance: np.ndarray, low: np.ndarray,
                   high: np.ndarray, level: float, min_count: int) -> dict[str, Any]:
-    """Every metric of one group of subjects, or only ``n`` (and ``suppressed``) below ``min_count``."""
-    r, m, v, lo, hi = M.complete(reference, mean, variance, low, high)
-    n = int(r.size)
+    """Every metric of one group of subjects, or only the counts (and ``suppressed``) below ``min_count``.
+
+    The agreement metrics (bias ... MAPE) use every subject with a prediction and
+    a reference (``n``); the calibration metrics (:data:`CALIBRATION_KEYS`) those
+    of them whose prediction also has a variance and an interval
+    (``n_calibration``), and are None when those are fewer than ``min_count``.
+    """
+    arrays = [np.asarray(a, dtype=np.float64) for a in (reference, mean, variance, low, high)]
+    paired = np.isfinite(arrays[0]) & np.isfinite(arrays[1])
+    with_interval = paired & np.isfinite(arrays[2]) & np.isfinite(arrays[3]) & np.isfinite(arrays[4])
+    n, n_cal = int(paired.sum()), int(with_interval.sum())
     if n < min_count or n < 3:
-        return {"n": n, "suppressed": True}
-    out: dict[str, Any] = {"suppressed": False, **M.agreement(r, m)}
+        return {"n": n, "n_calibration": n_cal, "suppressed": True}
+    out: dict[str, Any] = {"suppressed": False, **M.agreement(arrays[0][paired], arrays[1][paired])}
+    out["n_calibration"] = n_cal
     out["level"] = level
+    if n_cal < min_count or n_cal < 3:
+        out.update(dict.fromkeys(CALIBRATION_KEYS))
+        return out
+    r, m, v, lo, hi = (a[with_interval] for a in arrays)
     out["coverage"] = float(np.mean((r >= lo) & (r <= hi)))
     for lv in M.COVERAGE_LEVELS:
         out[f"coverage_{round(lv * 100)}"] = M.coverage(r, m, v, lv)
@@ -288,7 +309,7 @@ def _figure(joined_part: pd.DataFrame, rec: dict[str, Any], min_count: int) -> b
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
-    r, m, _v, _lo, _hi = (np.asarray(a) for a in M.complete(*_arrays(joined_part)))
+    r, m = M.complete(*_arrays(joined_part)[:2])  # agreement: every subject with a prediction and a reference
     unit = rec["unit"]
     fig, ax = plt.subplots(1, 4, figsize=(17, 4.2))
     both = M.nice_edges(np.concatenate([r, m]), DENSITY_BINS)  # one scale for both axes of the agreement plot
@@ -314,14 +335,19 @@ def _figure(joined_part: pd.DataFrame, rec: dict[str, Any], min_count: int) -> b
     fig.colorbar(mesh2, ax=ax[1], label="subjects per cell")
     curve = rec["calibration_curve"]
     ax[2].plot([0, 1], [0, 1], "--", color="0.7")
-    ax[2].plot(curve["level"], curve["fraction"], marker=".")
-    ax[2].set(xlabel="interval level", ylabel="observed coverage", title=f"calibration: AUCE {rec['auce']:.3f}",
-              xlim=(0, 1), ylim=(0, 1))
+    if curve is not None:
+        ax[2].plot(curve["level"], curve["fraction"], marker=".")
+    ax[2].set(xlabel="interval level", ylabel="observed coverage", xlim=(0, 1), ylim=(0, 1),
+              title=f"calibration: AUCE {rec['auce']:.3f}" if curve is not None
+              else f"calibration: {rec['n_calibration']} subjects with an interval")
     sp = rec["sparsification"]
-    ax[3].plot([p["removed"] for p in sp], [p["mae"] for p in sp], marker=".", label="by predicted variance")
-    ax[3].plot([p["removed"] for p in sp], [p["oracle_mae"] for p in sp], ls="--", color="0.5", label="oracle (by error)")
-    ax[3].set(xlabel="fraction removed (most uncertain first)", ylabel=f"MAE of the rest ({unit})", title="sparsification")
-    ax[3].legend(fontsize=8)
+    if sp is not None:
+        ax[3].plot([p["removed"] for p in sp], [p["mae"] for p in sp], marker=".", label="by predicted variance")
+        ax[3].plot([p["removed"] for p in sp], [p["oracle_mae"] for p in sp], ls="--", color="0.5",
+                   label="oracle (by error)")
+        ax[3].legend(fontsize=8)
+    ax[3].set(xlabel="fraction removed (most uncertain first)", ylabel=f"MAE of the rest ({unit})",
+              title="sparsification")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=72, metadata={"Software": None})

@@ -47,7 +47,7 @@ def calibrate_cmd(
         if rep.fit is None:
             say(f"{rep.target:<28} {rep.n:>6}  {rep.note}")
             continue
-        flag = "" if rep.fit.converged else "  (annealing did not converge)"
+        flag = "" if rep.fit.converged else f"  ({rep.fit.note or 'not converged'})"
         say(f"{rep.target:<28} {rep.n:>6} {rep.fit.scale:>9.4g} {rep.before['coverage_95']:>12.3f} "
             f"{rep.after['coverage_95']:>11.3f} {rep.before['auce']:>11.3f} {rep.after['auce']:>10.3f}{flag}")
     say(f"installed {result.module.name} {result.module.version} (derived from {result.parent.name} "

@@ -54,6 +54,8 @@ def change_cmd(
 
     Example: [bold]mimir change predictions.csv -o change.csv --dates participants.csv --summary change.json[/]
     """
+    import numpy as np
+
     from mimir.analysis.change import change_summary, critical_z, visit_change
     from mimir.analysis.joins import check_outputs, dates_from_table, dates_from_zips, write_summary, write_table
     from mimir.analysis.tables import PhenotypeTable, read_predictions
@@ -97,9 +99,14 @@ def change_cmd(
     console.print(view)
     if unpaired:
         say(f"{unpaired} subject(s) seen at only one of the two instances (not in the table)", stderr=True)
-    bad = int((table["status"] != "ok").sum())
+    usable = np.isfinite(table["change"].to_numpy(float)) & np.isfinite(table["change_se"].to_numpy(float))
+    bad = int((~usable).sum())
     if bad:
         say(f"{bad} row(s) without a usable change kept with status (see the status column)", stderr=True)
+    no_years = int(table["years"].isna().sum()) if visit_dates is not None else 0
+    if no_years:
+        say(f"{no_years} row(s) without years between the visits: a visit date missing or not after the first "
+            "(kept; see the status column)", stderr=True)
     say(f"wrote {len(table)} row(s) ({table['eid'].nunique()} subjects) to {out}"
         + (f" and the summary to {summary}" if summary else ""))
     say(PLATFORM_NOTE.format(path=out), stderr=True)

@@ -42,9 +42,16 @@ def evaluate_cmd(
         if rec["suppressed"]:
             say(f"{rec['module']} {rec['target']}: N={rec['n']} (fewer than {min_count}: no metrics)")
         else:
+            n_cal = rec["n_calibration"]
+            if rec["coverage"] is None:
+                cal = f"no coverage or AUCE ({n_cal} with an interval, fewer than {min_count})"
+            else:
+                cal = f"coverage {rec['coverage']:.3f} at {rec['level']:g}, AUCE {rec['auce']:.3f}"
+                if n_cal < rec["n"]:
+                    cal += f" (N={n_cal} with an interval)"
             say(f"{rec['module']} {rec['target']}: N={rec['n']}, ICC {rec['icc']:.3f} "
                 f"[{rec['icc_ci_low']:.3f}, {rec['icc_ci_high']:.3f}], MAE {rec['mae']:.4g} {rec['unit']}, "
-                f"bias {rec['bias']:.4g}, coverage {rec['coverage']:.3f} at {rec['level']:g}, AUCE {rec['auce']:.3f}")
+                f"bias {rec['bias']:.4g}, {cal}")
     if result.unmatched:
         say(f"no reference column for: {', '.join(result.unmatched)} (pass --map TARGET=COLUMN)", stderr=True)
     say(f"wrote {result.out_dir} (aggregates only: safe to export)")

@@ -30,7 +30,8 @@ objectives:
 
 The search is on a log grid from ``1e-3`` to ``1e3`` followed by a finer grid
 around the best value; among equally good values the geometric middle of
-the best run is taken.
+the best run is taken. When the best run of the coarse grid reaches either
+bound, the best factor may lie beyond it: :func:`fit_scale_converged` says so.
 """
 
 from __future__ import annotations
@@ -105,6 +106,17 @@ def fit_scale(truth: Any, means: Any, variances: Any, objective: str = "auce") -
     ``truth`` (N,), ``means``/``variances`` (K, N) or (N,), all in one unit;
     missing truths (NaN) are ignored. Returns 1.0 when no truth is present.
     """
+    return fit_scale_converged(truth, means, variances, objective)[0]
+
+
+def fit_scale_converged(truth: Any, means: Any, variances: Any, objective: str = "auce") -> tuple[float, bool]:
+    """:func:`fit_scale`'s factor and whether the search converged inside its bounds.
+
+    ``converged`` is False when the best factors of the coarse grid reach
+    :data:`SCALE_MIN` or :data:`SCALE_MAX` (the best factor may lie beyond the
+    bound, so the one returned is not the optimum), and when no truth is present
+    (1.0 is returned, nothing was fitted).
+    """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown calibration objective {objective!r} (choose {', '.join(OBJECTIVES)})")
     t = np.asarray(truth, dtype=np.float64)
@@ -112,7 +124,7 @@ def fit_scale(truth: Any, means: Any, variances: Any, objective: str = "auce") -
     v = np.atleast_2d(np.asarray(variances, dtype=np.float64))
     ok = np.isfinite(t) & np.all(np.isfinite(m), axis=0) & np.all(np.isfinite(v), axis=0)
     if not ok.any():
-        return 1.0
+        return 1.0, False
     t, m, v = t[ok], m[:, ok], v[:, ok]
     mean, _ = ensemble_variance(m, v, 0.0)
     spread = np.mean(np.square(m - mean), axis=0)
@@ -133,18 +145,26 @@ def fit_scale(truth: Any, means: Any, variances: Any, objective: str = "auce") -
 
     lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
     grid = np.linspace(lo, hi, 241)
-    best = _middle_of_best(grid, cost(grid))
+    i, j = _best_run(cost(grid))
+    best = float((grid[i] + grid[j]) / 2.0)
+    converged = i > 0 and j < grid.size - 1  # a best run at a bound: the optimum may lie beyond it
     step = grid[1] - grid[0]
     fine = np.linspace(max(lo, best - 2 * step), min(hi, best + 2 * step), 201)
-    return float(math.exp(_middle_of_best(fine, cost(fine))))
+    return float(math.exp(_middle_of_best(fine, cost(fine)))), converged
 
 
-def _middle_of_best(grid: np.ndarray, costs: np.ndarray) -> float:
-    """The middle of the first contiguous run of grid points with the lowest cost."""
+def _best_run(costs: np.ndarray) -> tuple[int, int]:
+    """First and last index of the first contiguous run of grid points with the lowest cost."""
     i = int(np.argmin(costs))
     j = i
     while j + 1 < costs.size and costs[j + 1] <= costs[i] + 1e-12:
         j += 1
+    return i, j
+
+
+def _middle_of_best(grid: np.ndarray, costs: np.ndarray) -> float:
+    """The middle of the first contiguous run of grid points with the lowest cost."""
+    i, j = _best_run(costs)
     return float((grid[i] + grid[j]) / 2.0)
 
 

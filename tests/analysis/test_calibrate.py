@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -179,3 +180,112 @@ def test_refusals_are_one_line(tmp_path: Path) -> None:
         calibrate_module("phantom-wrong", tmp_path / "p.csv", tmp_path / "r.csv", "phantom-wrong")
     with pytest.raises(UsageError, match="unknown objective"):
         calibrate_module("phantom-wrong", tmp_path / "p.csv", tmp_path / "r.csv", "x", objective="mse")
+
+
+# --------------------------------------------------------------------------- scales beyond the search or module range
+
+
+def _registry_listing() -> list[str]:
+    from mimir.models.registry import modules_dir
+
+    return sorted(p.name for p in modules_dir().iterdir()) if modules_dir().is_dir() else []
+
+
+@pytest.mark.parametrize("objective", ["auce", "ci95", "nll"])
+def test_a_fit_at_the_edge_of_the_search_range_is_not_converged(objective: str) -> None:
+    from mimir.training.calibration import SCALE_MAX, SCALE_MIN, fit_scale
+
+    rng = np.random.default_rng(11)
+    sd = rng.uniform(0.5, 2, 2000)
+    y = rng.normal(0, 1, 2000) * sd
+    for stated, edge in ((1e-5, SCALE_MAX), (1e5, SCALE_MIN)):  # best scale 1e5 and 1e-5: beyond the grid
+        fit = fit_target(y, np.zeros(2000), stated * sd**2, objective)
+        assert fit.converged is False, (objective, stated)
+        if objective != "ci95" or stated < 1:  # ci95 on intervals 300x too wide: every factor covers 100 %
+            assert fit.scale == pytest.approx(edge, rel=0.05)
+        assert fit_scale(y, np.zeros(2000), stated * sd**2, objective) == fit.scale  # mimir train's value unchanged
+        assert fit.note == "not converged: the best scale lies at the edge of the search range 0.001 to 1000"
+    inside = fit_target(y, np.zeros(2000), 4 * sd**2, objective)  # best scale 0.25: inside 1e-3 .. 1e3
+    assert inside.converged is True and inside.scale == pytest.approx(0.25, rel=0.15) and inside.note == ""
+
+
+def test_the_screen_and_module_json_say_when_a_fit_did_not_converge(tmp_path: Path) -> None:
+    wrong = wrong_module(tmp_path / "src", "phantom-wrong", 1.0)
+    text, truth = gaussian_predictions(wrong, 200, stated=1e5)  # intervals ~300x too wide: best scale 1e-5
+    (tmp_path / "p.csv").write_text(text)
+    truth.to_csv(tmp_path / "r.csv", index=False)
+    res = CliRunner().invoke(app, ["calibrate", "-m", "phantom-wrong", str(tmp_path / "p.csv"),
+                                   str(tmp_path / "r.csv"), "-o", "phantom-edge"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith(tuple(t.name for t in wrong.targets))]
+    assert len(lines) == 6
+    for ln in lines:
+        assert ln.endswith("(not converged: the best scale lies at the edge of the search range 0.001 to 1000)"), ln
+    cal = get_module("phantom-edge").source["calibration"]["targets"]
+    for t in wrong.targets:
+        assert cal[t.name]["converged"] is False
+        assert cal[t.name]["variance_scale"] == pytest.approx(1e-3, rel=0.05)
+        assert cal[t.name]["note"].startswith("not converged: the best scale lies at the edge")
+
+
+@pytest.mark.parametrize("case", ["anneal beyond the range", "composed with the parent's own"])
+def test_a_composed_scale_outside_the_module_range_is_one_line_and_writes_nothing(tmp_path: Path, case: str) -> None:
+    if case == "anneal beyond the range":
+        wrong = wrong_module(tmp_path / "src", "phantom-wrong", 1.0)
+        stated, objective, parent_scale = 1e-5, "anneal", 1.0  # the annealing goes to ~1e5, unbounded
+    else:  # a parent already recalibrated by 500, whose intervals are still half as wide: 500 x ~4 = 2000
+        parent = get_module("phantom-demo")
+        folder = tmp_path / "src" / "phantom-wrong"
+        folder.mkdir(parents=True)
+        for m in parent.members:
+            shutil.copy2(parent.member_path(m), folder / m.file)
+        shutil.copy2(parent.path / parent.ood.file, folder / parent.ood.file)
+        data = json.loads((parent.path / "module.json").read_text())
+        data["name"] = "phantom-wrong"
+        for t in data["targets"]:
+            t["recalibration"] = {"variance_scale": 500.0}
+        (folder / "module.json").write_text(json.dumps(data))
+        wrong = install_module(folder)
+        stated, objective, parent_scale = 0.25, "auce", 500.0
+    text, truth = gaussian_predictions(wrong, 300, stated=stated)
+    (tmp_path / "p.csv").write_text(text)
+    truth.to_csv(tmp_path / "r.csv", index=False)
+    before = _registry_listing()
+    with pytest.raises(UsageError) as err:
+        calibrate_module("phantom-wrong", tmp_path / "p.csv", tmp_path / "r.csv", "phantom-fixed", objective=objective)
+    msg = str(err.value)
+    first = wrong.targets[0].name
+    found = re.search(rf"^target {first} \(and 5 more target\(s\)\): the calibrated variance scale would be (\S+) "
+                      rf"\(fitted (\S+) x the parent phantom-wrong's (\S+)\), outside the allowed 1e-06 to 1000; "
+                      r"nothing was installed\. Check that the predictions were made by phantom-wrong and that the "
+                      r"reference column of each target holds the same quantity in the same unit", msg)
+    assert found, msg
+    composed, fitted, own = (float(x) for x in found.groups())
+    assert own == parent_scale and composed == pytest.approx(fitted * own, rel=1e-3) and composed > 1e3
+    assert "\n" not in msg
+    assert _registry_listing() == before  # no module, no staging folder left
+    with pytest.raises(UsageError, match="outside the allowed 1e-06 to 1000"):  # also when only reporting
+        calibrate_module("phantom-wrong", tmp_path / "p.csv", tmp_path / "r.csv", "phantom-fixed",
+                         objective=objective, install=False)
+    res = CliRunner().invoke(app, ["calibrate", "-m", "phantom-wrong", str(tmp_path / "p.csv"),
+                                   str(tmp_path / "r.csv"), "-o", "phantom-fixed", "--objective", objective])
+    assert res.exit_code == 1
+    assert [ln for ln in res.output.splitlines() if ln.strip()] == [f"error: {msg}"]
+    assert "module.json" not in res.output and "Traceback" not in res.output
+    assert _registry_listing() == before
+
+
+def test_refitted_means_that_module_json_cannot_hold_are_one_line() -> None:
+    """--recalibrate-means: a zero slope (a reference that does not follow the predictions) is refused by name."""
+    from mimir.analysis.calibrate import Fit, TargetCalibration, _check_scales
+
+    parent = get_module("phantom-demo")
+    name = parent.targets[1].name
+    ok = TargetCalibration(parent.targets[0].name, 300, Fit(scale=1.2, intercept=3.0, slope=0.9), {}, {})
+    flat = TargetCalibration(name, 300, Fit(scale=1.0, intercept=50.0, slope=0.0), {}, {})
+    _check_scales(parent, [ok])  # a sane refit passes
+    with pytest.raises(UsageError) as err:
+        _check_scales(parent, [ok, flat])
+    assert str(err.value).startswith(f"target {name}: the refitted means cannot be stored (recalibration mean_slope "
+                                      "must be non-zero")
+    assert "nothing was installed" in str(err.value) and "\n" not in str(err.value)

@@ -220,3 +220,59 @@ def test_named_date_columns(tmp_path: Path) -> None:
         dates_from_table(table, [2, 3])
     with pytest.raises(UsageError, match="1 date column"):
         dates_from_table(table, [2, 3], ["first_scan"])
+
+
+def test_a_row_without_years_says_why_in_its_status(tmp_path: Path) -> None:
+    visits = VISITS + [(1_000_004, 2, 90.0), (1_000_004, 3, 91.0), (1_000_005, 2, 50.0), (1_000_005, 3, 52.0)]
+    results = _results(visits)
+    results[1].predictions = []  # 1000001 at instance 3 failed
+    results[1].error = "1000001_20201_3_0.zip: truncated"
+    path = tmp_path / "p.json"
+    path.write_text(json_text(results))
+    frame = read_predictions(path)
+    if (frame["eid"] == 1_000_001).sum() != 4:  # a failed subject may be written without target rows
+        extra = frame[(frame["eid"] == 1_000_001)].copy()
+        extra["instance"], extra["mean"], extra["name"] = 3, np.nan, "1000001_20201_3_0"
+        frame = pd.concat([frame, extra], ignore_index=True)
+    pheno = tmp_path / "pheno.csv"
+    pd.DataFrame({"eid": [1_000_001, 1_000_002, 1_000_004, 1_000_005],
+                  "53-2.0": ["2015-01-01", "2016-06-30", "", "2019-05-01"],
+                  "53-3.0": ["", "2018-06-30", "", "2017-05-01"]}).to_csv(pheno, index=False)
+    dates = dates_from_table(PhenotypeTable.read(pheno), [2, 3])
+    table, unpaired = visit_change(frame, dates=dates)
+    assert unpaired == 1 and len(table) == 8  # every pair kept
+    w = table[table["target"] == "weight"].set_index("eid")
+    assert w["status"].to_dict() == {
+        1_000_001: "no prediction at instance 3; no visit date for instance 3",
+        1_000_002: "ok",
+        1_000_004: "no visit date for either instance",
+        1_000_005: "visit date of instance 3 is not after instance 2's",
+    }
+    assert w.loc[1_000_002, "years"] == pytest.approx(730 / 365.25)
+    for eid in (1_000_001, 1_000_004, 1_000_005):
+        assert math.isnan(w.loc[eid, "years"]) and math.isnan(w.loc[eid, "change_per_year"])
+    assert w.loc[1_000_005, "change"] == pytest.approx(2.0) and w.loc[1_000_005, "date_b"] == "2017-05-01"
+    assert w.loc[1_000_004, "change"] == pytest.approx(1.0) and w.loc[1_000_004, "flagged"] in (True, False)
+    # without dates, no date is expected: the status says nothing about them
+    plain, _ = visit_change(frame)
+    assert (plain[plain["eid"] != 1_000_001]["status"] == "ok").all()
+    # an empty date list (no zip had a readable date) is reported on every row
+    none, _ = visit_change(frame, dates=dates.iloc[0:0])
+    assert (none[none["eid"] == 1_000_002]["status"] == "no visit date for either instance").all()
+
+
+def test_change_command_says_how_many_rows_lack_years(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text(csv_text(_results(VISITS)))
+    pheno = tmp_path / "pheno.csv"
+    pd.DataFrame({"eid": [1_000_001, 1_000_002], "53-2.0": ["2015-01-01", "2016-01-01"],
+                  "53-3.0": ["2017-07-02", ""]}).to_csv(pheno, index=False)
+    out = tmp_path / "change.csv"
+    res = CliRunner().invoke(app, ["change", str(path), "-o", str(out), "--dates", str(pheno)])
+    assert res.exit_code == 0, res.output
+    assert "2 row(s) without years between the visits: a visit date missing or not after the first" in res.output
+    assert "without a usable change" not in res.output  # both changes are usable
+    table = pd.read_csv(out)
+    assert len(table) == 4 and tuple(table.columns) == CHANGE_COLUMNS
+    assert set(table[table["eid"] == 1_000_002]["status"]) == {"no visit date for instance 3"}
+    assert set(table[table["eid"] == 1_000_001]["status"]) == {"ok"}

@@ -20,13 +20,14 @@ import pytest
 from typer.testing import CliRunner
 
 from mimir.analysis import metrics as M
-from mimir.analysis.evaluate import METRIC_COLUMNS, evaluate, join_reference, parse_maps
+from mimir.analysis.evaluate import METRIC_COLUMNS, SCHEMA_VERSION, evaluate, join_reference, parse_maps
 from mimir.analysis.tables import PhenotypeTable, read_predictions
 from mimir.cli import app
 from mimir.errors import UsageError
 from mimir.inference.predictions import SubjectResult, TargetPrediction, layout_for
 from mimir.outputs.writers import csv_text, long_csv_text
 
+ROOT = Path(__file__).resolve().parents[2]
 N = 240
 TARGETS = [("weight", "kg", 21002), ("height", "cm", 12144), ("liver_fat", "percent", None)]
 TRUE = {"weight": (78.0, 14.0, 1.5, 0.8), "height": (170.0, 9.0, 2.0, -0.6), "liver_fat": (5.0, 3.0, 0.9, 0.0)}
@@ -110,7 +111,7 @@ def test_metrics_json_holds_curves_and_subgroups_and_omits_small_ones(study) -> 
     d = study["dir"]
     evaluate(d / "preds.csv", d / "rap.csv", d / "ev", figures=False)
     doc = json.loads((d / "ev" / "metrics.json").read_text())
-    assert doc["schema"] == "mimir-evaluation" and doc["schema_version"] == 1 and doc["min_count"] == 10
+    assert doc["schema"] == "mimir-evaluation" and doc["schema_version"] == 2 and doc["min_count"] == 10
     w = next(t for t in doc["targets"] if t["target"] == "weight")
     assert len(w["calibration_curve"]["level"]) == 11 and w["calibration_curve"]["fraction"][-1] == 1.0
     assert w["sparsification"][0]["removed"] == 0.0 and w["sparsification"][0]["mae"] == pytest.approx(w["mae"])
@@ -248,3 +249,83 @@ def test_cli_prints_a_line_per_target_and_says_the_folder_is_safe(study) -> None
     bad = CliRunner().invoke(app, ["evaluate", str(d / "preds.csv"), str(d / "nope.csv"), "-o", str(d / "ev2")])
     assert bad.exit_code == 1 and "Traceback" not in bad.output
     assert not math.isnan(pd.read_csv(d / "ev" / "metrics.csv")["icc"].iloc[0])
+
+
+def test_metric_columns_are_pinned_and_documented() -> None:
+    assert SCHEMA_VERSION == 2
+    assert METRIC_COLUMNS == (
+        "module", "module_version", "target", "unit", "field", "reference_column", "n", "suppressed", "bias",
+        "sd_diff", "loa_low", "loa_high", "icc", "icc_ci_low", "icc_ci_high", "icc_original", "r2", "pearson_r",
+        "mae", "mape_percent", "n_calibration", "level", "coverage", "coverage_50", "coverage_80", "coverage_90",
+        "coverage_95", "auce", "published_n", "published_icc", "published_r2", "published_mae",
+        "published_mape_percent")
+    text = (ROOT / "docs" / "evaluate.md").read_text()
+    assert f"(schema `mimir-evaluation` version {SCHEMA_VERSION})" in text
+    listed = text.split("has the columns", 1)[1].split("`")[1]
+    assert tuple(c.strip() for c in listed.split(",")) == METRIC_COLUMNS
+    for col in ("n", "n_calibration", "suppressed"):
+        assert f"| `{col}` |" in text
+
+
+def _without_intervals(results: list[SubjectResult], blank: dict[str, int]) -> str:
+    """Long CSV of ``results`` whose first ``blank[target]`` subjects have no variance and no interval."""
+    frame = pd.read_csv(io.StringIO(long_csv_text(results)))
+    for target, k in blank.items():
+        rows = frame.index[frame["target"] == target][:k]
+        frame.loc[rows, ["variance", "sd", "ci_low", "ci_high"]] = np.nan
+    return frame.to_csv(index=False)
+
+
+def test_agreement_uses_every_pair_and_calibration_only_the_subjects_with_an_interval(tmp_path: Path) -> None:
+    results, ref, _ = make_study()
+    (tmp_path / "p.csv").write_text(_without_intervals(results, {"weight": 100, "height": N - 5}))
+    rap_table(ref).to_csv(tmp_path / "r.csv", index=False)
+    evaluate(tmp_path / "p.csv", tmp_path / "r.csv", tmp_path / "ev", figures=False)
+    frame = pd.read_csv(tmp_path / "ev" / "metrics.csv")
+    for target, idx, n_cal in (("weight", 0, N - 100), ("height", 1, 5)):
+        pred = np.array([r.predictions[idx].value for r in results])
+        var = np.array([r.predictions[idx].variance for r in results])
+        row = _row(frame, target)
+        assert row["n"] == N and row["n_calibration"] == n_cal and not row["suppressed"]
+        a = M.agreement(ref[target], pred)  # all N subjects, with or without an interval
+        for key in ("bias", "sd_diff", "loa_low", "loa_high", "icc", "icc_ci_low", "icc_ci_high", "icc_original",
+                    "r2", "pearson_r", "mae", "mape_percent"):
+            assert row[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12), (target, key)
+        if target == "weight":  # coverage and AUCE on the 140 subjects that have an interval
+            have = slice(100, None)
+            truth = ref[target].to_numpy()[have]
+            assert row["coverage_95"] == pytest.approx(M.coverage(truth, pred[have], var[have], 0.95), abs=1e-12)
+            assert row["auce"] == pytest.approx(M.auce(truth, pred[have], var[have]), abs=1e-9)
+            lo, hi = pred[have] - 1.959963984540054 * np.sqrt(var[have]), pred[have] + 1.959963984540054 * np.sqrt(
+                var[have])
+            assert row["coverage"] == pytest.approx(np.mean((truth >= lo) & (truth <= hi)), abs=1e-6)
+        else:  # 5 subjects with an interval, fewer than --min-count: no calibration figure at all
+            assert all(math.isnan(row[c]) for c in ("coverage", "coverage_50", "coverage_95", "auce"))
+    lf = _row(frame, "liver_fat")
+    assert lf["n"] == N and lf["n_calibration"] == N
+    doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    h = next(t for t in doc["targets"] if t["target"] == "height")
+    assert h["n"] == N and h["n_calibration"] == 5 and h["calibration_curve"] is None and h["sparsification"] is None
+    w = next(t for t in doc["targets"] if t["target"] == "weight")
+    assert w["subgroups"]["qc_status=warn"]["n"] == N // 4  # subgroups count the pairs too
+    assert w["subgroups"]["qc_status=warn"]["n_calibration"] == N // 4 - 25  # 25 of the first 100 are warn
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "p.csv"), str(tmp_path / "r.csv"), "-o",
+                                   str(tmp_path / "ev2"), "--no-figures"])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"mod_a weight: N=240, .*, coverage 0\.\d{3} at 0\.95, AUCE 0\.\d{3} \(N=140 with an interval\)",
+                     res.output), res.output
+    assert re.search(r"mod_a height: N=240, .*, no coverage or AUCE \(5 with an interval, fewer than 10\)",
+                     res.output), res.output
+
+
+def test_figures_and_page_without_intervals(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("jinja2")
+    results, ref, _ = make_study()
+    (tmp_path / "p.csv").write_text(_without_intervals(results, {"height": N - 5}))
+    rap_table(ref).to_csv(tmp_path / "r.csv", index=False)
+    res = evaluate(tmp_path / "p.csv", tmp_path / "r.csv", tmp_path / "ev")
+    height = next(r for r in res.rows if r["target"] == "height")
+    assert height["n"] == N and height["auce"] is None
+    assert (tmp_path / "ev" / height["figure"]).stat().st_size > 1000
+    assert "evaluation.html" in {p.name for p in (tmp_path / "ev").iterdir()}
