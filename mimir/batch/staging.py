@@ -228,7 +228,8 @@ class Stager(threading.Thread):
             try:
                 self.stage(f)
             except Exception as exc:  # noqa: BLE001 - a copying thread must never die: the worker would wait for ever
-                self._unreadable(f, f"{type(exc).__name__}: {exc}")
+                with contextlib.suppress(OSError):  # no room even for the error: its worker times out (WAIT_S)
+                    self._unreadable(f, f"{type(exc).__name__}: {exc}")
             finally:
                 with self.lock:
                     self._copying.pop(_key(f.name), None)
