@@ -36,7 +36,8 @@ from scipy.stats import norm
 from mimir.errors import UsageError
 
 #: Version of the change table's schema (docs/derived.md); raised whenever a column changes.
-CHANGE_SCHEMA_VERSION = "1"
+#: 2: with --dates/--zips, a row without years says why in ``status`` (1 left it "ok" with empty years).
+CHANGE_SCHEMA_VERSION = "2"
 
 #: Columns of the change table, in order (docs/derived.md).
 CHANGE_COLUMNS: tuple[str, ...] = (
