@@ -47,6 +47,11 @@ def synth(
         None, "--change-size", metavar="X", help="--follow-up: size of the change (weight, thigh_muscle: fraction; "
         "liver_fat: percentage points; vat: visceral load 0-1); default per change (see docs/derived.md).",
         show_default=False),
+    truth_table: Optional[Path] = typer.Option(  # noqa: UP007
+        None, "--truth-table", metavar="FILE.csv", help="Also write the truth of the subjects written as one "
+        "reference table (a row per visit, keyed by subject name, columns named after phantom-demo's targets, "
+        "plus sex and age): the REFERENCE of mimir evaluate and mimir calibrate, no --map needed.",
+        show_default=False),
 ) -> None:
     """Generate synthetic subjects: <eid>_20201_2_0.zip plus <eid>.truth.json.
 
@@ -57,6 +62,8 @@ def synth(
     Example: [bold]mimir synth -o data/ --n 10 --seed 0 --small[/]
 
     Follow-up visits: [bold]mimir synth -o pairs/ --n 10 --small --follow-up liver_fat --change-size 2[/]
+
+    A reference table to try mimir evaluate on: [bold]mimir synth -o eval/ --n 40 --truth-table truth.csv[/]
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -84,6 +91,10 @@ def synth(
 
             raise UsageError("--change-size needs --follow-up", hint="Add --follow-up CHANGE.")
         changed_params(draw_params(seed), follow_up, change_size)  # an unknown change or bad size: before writing
+    if truth_table is not None:
+        from mimir.utils.atomic import check_writable_file
+
+        check_writable_file(truth_table, what="truth table")
     check_writable_dir(out)  # every option checked, the folder made: before any work
     table = Table(title=escape(f"synthetic subjects written to {out}"), title_justify="left")
     for col in ("eid", "sex", "kg", "cm", "VAT L", "ASAT L", "liver %", "thigh L", "zip MB"):
@@ -117,10 +128,13 @@ def synth(
     for sub in subjects:
         say(f"  {sub.zip_path}  {sub.truth_path.name}")
     kind = f"variant {variant}" if variant else "regular"
+    if truth_table is not None:
+        from mimir.synth.truth_table import write_truth_table
+
+        write_truth_table(truth_table, ((s.zip_path.name.removesuffix(".zip"), s.truth) for s in subjects))
+        say(f"  truth table: {truth_table} ({len(subjects)} row(s))")
+    size = " small" if small else ""
+    what = f"{n} {escape(kind)}{size} subject(s)"
     if follow_up is not None:
-        kind += f", each with a follow-up visit ({follow_up})"
-    console.print(
-        f"[green]wrote[/] {n} {escape(kind)}{' small' if small else ''} subject(s) "
-        f"[dim]({time.perf_counter() - started:.1f} s)[/]",
-        highlight=False,
-    )
+        what += f", each with a follow-up visit ({escape(follow_up)})"
+    console.print(f"[green]wrote[/] {what} [dim]({time.perf_counter() - started:.1f} s)[/]", highlight=False)
