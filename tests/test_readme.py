@@ -124,6 +124,20 @@ def test_the_ukb_rap_page_is_linked_on_the_first_screen() -> None:
     assert "(docs/ukb-rap.md)" in first_screen
 
 
+def test_docs_pages_named_anywhere_exist() -> None:
+    """Every ``docs/NAME.md`` that a help text, message, docstring, script or page names is a real page."""
+    named: dict[str, set[str]] = {}
+    files = [README, ROOT / "CHANGELOG.md", *ROOT.glob("docs/*.md")]
+    for folder in ("mimir", "benchmarks", "scripts", "deploy", "examples"):
+        files += [p for p in (ROOT / folder).rglob("*") if p.suffix in {".py", ".sh", ".md", ".json", ".sbatch"}]
+    for path in files:
+        for page in re.findall(r"docs/([A-Za-z0-9_.-]+?\.md)", path.read_text(errors="replace")):
+            named.setdefault(page, set()).add(str(path.relative_to(ROOT)))
+    assert "precision.md" in named and "ukb-rap.md" in named  # the scan sees help texts and pages
+    missing = {page: sorted(where) for page, where in named.items() if not (ROOT / "docs" / page).is_file()}
+    assert missing == {}
+
+
 def test_links_of_the_readme_and_docs_resolve() -> None:
     """Every relative link of README.md and docs/*.md names a file that exists (docs/ukb-rap.md: coming)."""
     pending = {ROOT / "docs" / "ukb-rap.md"}

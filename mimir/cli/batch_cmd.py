@@ -68,7 +68,8 @@ def batch_cmd(
     ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option(
-        "auto", "--precision", metavar="auto|fp32|bf16", help="auto (bf16 + channels_last on CUDA), fp32 or bf16."
+        "auto", "--precision", metavar="auto|fp32|bf16",
+        help="auto or fp32: exact fp32 on every device; bf16: opt-in, less exact (docs/precision.md).",
     ),
     workers: Optional[int] = typer.Option(  # noqa: UP007
         None, "--workers", "-w", min=1, metavar="N",

@@ -74,7 +74,7 @@ def predict_cmd(
     ),
     precision: str = typer.Option(
         "auto", "--precision", metavar="auto|fp32|bf16",
-        help="auto (bf16 + channels_last on CUDA, fp32 elsewhere), fp32 or bf16.",
+        help="auto or fp32: exact fp32 on every device; bf16: opt-in, less exact (docs/precision.md).",
     ),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, metavar="N", help="Images per forward pass."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the preprocessed-image cache."),
