@@ -20,8 +20,10 @@
 #      time limit loses only the figures not yet measured.
 #
 # The machine has no network. Carry what may be missing as wheels, made on a machine with network:
-#   pip download --dest .whl --only-binary=:all: torch numpy pydicom safetensors typer rich ...
-# (.whl/ is git-ignored: name it in the device tool's `carry`). The output file holds each step's
+#   pip download --dest .whl --only-binary=:all: torch numpy pydicom safetensors typer rich ... \
+#       'setuptools>=68' wheel
+# (setuptools and wheel: pip builds mimir in an isolated environment, from .whl/ too; .whl/ is
+# git-ignored: name it in the device tool's `carry`). The output file holds each step's
 # tables and its JSON, the machine (GPU, driver, torch, CUDA) and, last, one line per step: ok/FAILED.
 set -u
 

@@ -40,6 +40,7 @@ from mimir.analysis import metrics as M
 from mimir.analysis.tables import PhenotypeTable, read_predictions
 from mimir.errors import UsageError
 from mimir.utils import atomic
+from mimir.utils.install import extra_hint
 
 #: Columns of metrics.csv, in order (docs/evaluate.md). Schema version below.
 METRIC_COLUMNS = (
@@ -427,7 +428,7 @@ def _need_report_extra() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError("figures and evaluation.html need matplotlib and jinja2, which are not installed",
-                         hint="Install the report extra (pip install 'ukb-mimir[report]') or pass --no-figures.") from None
+                         hint=f"{extra_hint('report').rstrip('.')}; or pass --no-figures.") from None
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -44,7 +44,7 @@ def batch_cmd(
     csv_format: str = typer.Option(
         "wide", "--format", metavar="wide|long|parquet",
         help="predictions.csv layout: wide (one row per subject) or long (one row per subject and target); "
-        "parquet: wide, plus predictions.parquet with the same rows (pip install 'ukb-mimir[parquet]').",
+        f"parquet: wide, plus predictions.parquet with the same rows ({extra_help('parquet')}).",
     ),
     instance: Optional[int] = typer.Option(  # noqa: UP007
         None, "--instance", metavar="2|3",

@@ -41,6 +41,7 @@ import numpy as np
 
 from mimir.errors import UsageError
 from mimir.preprocessing.imageops import otsu_threshold
+from mimir.utils.install import extra_hint
 
 #: First column of the sagittal view in a 256-column image.
 VIEW_SPLIT = 152
@@ -95,7 +96,7 @@ def require_simpleitk() -> Any:
     except ImportError:
         raise UsageError(
             "registration needs SimpleITK, which is not installed",
-            hint="pip install 'ukb-mimir[register]' (or pip install SimpleITK).",
+            hint=extra_hint("register"),
         ) from None
     return sitk
 

@@ -632,7 +632,12 @@ def verify_module(spec: ModuleSpec) -> None:
 def _reinstall_hint(spec: ModuleSpec) -> str:
     if spec.builtin:
         return "The mimir installation is damaged; reinstall mimir."
-    return f"The file is damaged or was changed; reinstall with: mimir fetch-weights {spec.name} --force"
+    from mimir.models.registry import install_hint  # the registry imports this module
+
+    how = install_hint(spec.name, reinstall=True)
+    if how is None:  # not in the manifest: a module of your own, or one installed under another name
+        how = f"reinstall it from its archive or folder: mimir fetch-weights {spec.name} --from PATH --force"
+    return f"The file is damaged or was changed; {how[0].lower()}{how[1:]}"
 
 
 def is_module_folder(folder: str | os.PathLike[str]) -> bool:

@@ -128,9 +128,26 @@ def get_module(name_or_path: str | os.PathLike[str]) -> ModuleSpec:
     if p.is_dir() and is_module_folder(p):  # a module folder in the current directory
         return read_module(p)
     names = ", ".join(s.name for s in scan.modules) or "none"
-    known = {e.name for e in _safe_manifest()}
-    hint = f"Install it with: mimir fetch-weights {text}" if text in known else f"Installed modules: {names}."
+    hint = install_hint(text) or f"Installed modules: {names}."
     raise ModuleError("no such module is installed", path=text, hint=hint)
+
+
+def install_hint(name: str, *, reinstall: bool = False) -> str | None:
+    """One line saying how to (re)install the manifest's module ``name``; None when the manifest lacks it.
+
+    A module with a download address installs with ``mimir fetch-weights NAME``;
+    one that needs a browser (the published MIMIR modules) is downloaded from
+    its page first, then installed from the file with ``--from``.
+    """
+    entry = manifest_entry(name, _safe_manifest())
+    if entry is None:
+        return None
+    force = " --force" if reinstall else ""
+    verb = "reinstall" if reinstall else "install"
+    if entry.downloadable:
+        return f"{verb.capitalize()} it with: mimir fetch-weights {name}{force}"
+    where = f" ({entry.page})" if entry.page else " (mimir fetch-weights --list says where)"
+    return f"Download it in a browser{where}, then {verb} it with: mimir fetch-weights {name} --from FILE.zip{force}"
 
 
 def _safe_manifest() -> list[ManifestEntry]:

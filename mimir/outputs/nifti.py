@@ -26,9 +26,10 @@ import numpy as np
 
 from mimir.errors import UsageError
 from mimir.utils import atomic
+from mimir.utils.install import extra_hint
 
 #: How to install nibabel.
-INSTALL_HINT = "Install it with: pip install 'ukb-mimir[volumes]' (nibabel)."
+INSTALL_HINT = extra_hint("volumes")
 #: Version of the sidecar's layout; pinned by tests/outputs/test_nifti.py.
 SIDECAR_FORMAT = "mimir-volumes-1"
 #: gzip compression level (1: within 2-3 % of level 2-3's size at a fraction of 6's time; benchmarks/volumes.py).

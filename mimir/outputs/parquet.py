@@ -34,6 +34,7 @@ from typing import Any
 from mimir.errors import UsageError
 from mimir.inference.predictions import LONG_HEADER, MODULE_COLUMN_SUFFIXES, WIDE_LEAD
 from mimir.utils import atomic
+from mimir.utils.install import extra_hint
 
 PREDICTIONS_PARQUET = "predictions.parquet"
 #: Rows per Parquet row group (and per conversion chunk).
@@ -49,7 +50,7 @@ def require_pyarrow(what: str = "--format parquet") -> Any:
         import pyarrow.parquet  # noqa: F401
     except ImportError:
         raise UsageError(
-            f"{what} needs pyarrow, which is not installed", hint="pip install 'ukb-mimir[parquet]'"
+            f"{what} needs pyarrow, which is not installed", hint=extra_hint("parquet")
         ) from None
     return pyarrow
 

@@ -24,6 +24,9 @@ EXTRAS: dict[str, str] = {
     "codecs": "pylibjpeg and its libjpeg, openjpeg and rle plugins",
     "reference": "OpenCV and scikit-image, for the tests",
     "browser": "selenium, for the report's browser test",
+    "volumes": "nibabel",
+    "parquet": "pyarrow",
+    "register": "SimpleITK",
     "test": "pytest, hypothesis",
 }
 

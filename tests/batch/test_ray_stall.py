@@ -35,7 +35,7 @@ class _StopOnWarning(LogMonitor):
 
 @pytest.mark.slow  # about 25 s: Ray's start-up and the seconds of waiting
 def test_a_cluster_too_small_for_the_pipeline_warns_what_it_waits_for(tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray", reason="Ray is not installed here (pip install 'mimir[ray]')")
+    ray = pytest.importorskip("ray", reason="Ray is not installed here (the ray extra)")
     pytest.importorskip("ray.data")
     data = tmp_path / "data"
     save_images(data, ["a", "b"], seed=1)

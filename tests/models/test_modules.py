@@ -91,7 +91,9 @@ def test_tampered_member_is_refused_at_load(tmp_path: Path) -> None:
     msg = str(exc.value)
     assert "\n" not in msg
     assert msg.startswith("demo: member member_1.safetensors fails verification: its sha256 starts")
-    assert "reinstall with: mimir fetch-weights demo --force" in msg
+    # not in the manifest: a module of one's own, reinstalled from where it came
+    assert msg.endswith("The file is damaged or was changed; reinstall it from its archive or folder: "
+                        "mimir fetch-weights demo --from PATH --force")
     with pytest.raises(ModuleError, match="fails verification"):
         verify_module(read_module(tmp_path / "demo"))
     member.unlink()
@@ -148,8 +150,12 @@ def test_registry_install_builtin_and_lookup(tmp_path: Path, monkeypatch: pytest
     assert registry.get_module(str(builtin / "demo")).version == "0.1"  # by folder
     with pytest.raises(ModuleError, match="nope: no such module is installed. Installed modules: demo"):
         registry.get_module("nope")
-    with pytest.raises(ModuleError, match="module_age: no such module.*mimir fetch-weights module_age"):
+    with pytest.raises(ModuleError) as info:  # a published module: a browser download, then --from
         registry.get_module("module_age")
+    assert str(info.value) == (
+        "module_age: no such module is installed. Download it in a browser "
+        "(https://uppsala.box.com/s/k04jl8npr3792urscue2u4ov47jmeahb), then install it with: "
+        "mimir fetch-weights module_age --from FILE.zip")
     registry.remove_module("demo")
     assert [(s.name, s.builtin) for s in registry.installed_modules()] == [("demo", True)]
 
@@ -207,3 +213,20 @@ def test_written_module_has_ordinary_permissions(tmp_path) -> None:
     assert stat.S_IMODE(dest.stat().st_mode) == 0o777 & ~umask
     for f in dest.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask
+
+
+def test_install_hints_say_the_real_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A downloadable module installs by name; a browser-only one from its file; unknown names get none."""
+    entries = [registry.ManifestEntry(name="auto", version="1", url="https://example.org/auto.zip", sha256="0" * 64),
+               registry.ManifestEntry(name="manual", version="1", page="https://example.org/page"),
+               registry.ManifestEntry(name="nowhere", version="1")]
+    monkeypatch.setattr(registry, "_safe_manifest", lambda: entries)
+    assert registry.install_hint("auto") == "Install it with: mimir fetch-weights auto"
+    assert registry.install_hint("auto", reinstall=True) == "Reinstall it with: mimir fetch-weights auto --force"
+    assert registry.install_hint("manual") == (
+        "Download it in a browser (https://example.org/page), then install it with: "
+        "mimir fetch-weights manual --from FILE.zip")
+    assert registry.install_hint("nowhere", reinstall=True) == (
+        "Download it in a browser (mimir fetch-weights --list says where), then reinstall it with: "
+        "mimir fetch-weights nowhere --from FILE.zip --force")
+    assert registry.install_hint("other") is None

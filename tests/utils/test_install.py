@@ -68,3 +68,27 @@ def test_runtime_hints_come_from_the_helper(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(UsageError) as err:
         figures.require_matplotlib("explain")
     assert str(err.value).endswith(extra_hint("report"))
+    from mimir.analysis.evaluate import _need_report_extra
+    from mimir.inference.registration import require_simpleitk
+    from mimir.outputs.nifti import require_nibabel
+    from mimir.outputs.parquet import require_pyarrow
+
+    with pytest.raises(UsageError) as err:
+        _need_report_extra()
+    assert extra_hint("report").rstrip(".") in str(err.value)
+    for module, extra, require in (("nibabel", "volumes", lambda: require_nibabel("preprocess --volumes")),
+                                   ("pyarrow", "parquet", require_pyarrow),
+                                   ("SimpleITK", "register", require_simpleitk)):
+        monkeypatch.setitem(sys.modules, module, None)
+        with pytest.raises(UsageError) as err:
+            require()
+        assert str(err.value).endswith(extra_hint(extra)), extra
+        assert f"'{ROOT}[{extra}]'" in str(err.value)  # in this checkout: the checkout's command
+
+
+def test_no_runtime_hint_hard_codes_the_release_command() -> None:
+    """A literal `pip install 'ukb-mimir[...]'` in a message would be wrong in a checkout: use extra_hint."""
+    literal = re.compile(r"""(hint=|HINT\s*=|raise \w+\().*pip install '?ukb-mimir\[""")
+    bad = [f"{p.relative_to(ROOT)}: {line.strip()}" for p in ROOT.glob("mimir/**/*.py")
+           for line in p.read_text().splitlines() if literal.search(line)]
+    assert bad == []
