@@ -632,12 +632,11 @@ def verify_module(spec: ModuleSpec) -> None:
 def _reinstall_hint(spec: ModuleSpec) -> str:
     if spec.builtin:
         return "The mimir installation is damaged; reinstall mimir."
-    from mimir.models.registry import install_hint  # the registry imports this module
-
-    how = install_hint(spec.name, reinstall=True)
-    if how is None:  # not in the manifest: a module of your own, or one installed under another name
-        how = f"reinstall it from its archive or folder: mimir fetch-weights {spec.name} --from PATH --force"
-    return f"The file is damaged or was changed; {how[0].lower()}{how[1:]}"
+    # Told without the manifest (the registry, which reads it, imports this module): a module with a
+    # download address reinstalls by name; a published one (browser download) or one of your own from its file.
+    return (f"The file is damaged or was changed; reinstall it: mimir fetch-weights {spec.name} --force, "
+            f"or, for a module downloaded in a browser or of your own, mimir fetch-weights {spec.name} "
+            "--from FILE.zip --force")
 
 
 def is_module_folder(folder: str | os.PathLike[str]) -> bool:

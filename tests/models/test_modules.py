@@ -91,9 +91,9 @@ def test_tampered_member_is_refused_at_load(tmp_path: Path) -> None:
     msg = str(exc.value)
     assert "\n" not in msg
     assert msg.startswith("demo: member member_1.safetensors fails verification: its sha256 starts")
-    # not in the manifest: a module of one's own, reinstalled from where it came
-    assert msg.endswith("The file is damaged or was changed; reinstall it from its archive or folder: "
-                        "mimir fetch-weights demo --from PATH --force")
+    assert msg.endswith("The file is damaged or was changed; reinstall it: mimir fetch-weights demo --force, "
+                        "or, for a module downloaded in a browser or of your own, "
+                        "mimir fetch-weights demo --from FILE.zip --force")
     with pytest.raises(ModuleError, match="fails verification"):
         verify_module(read_module(tmp_path / "demo"))
     member.unlink()
