@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mimir.cli.app import EXIT_CODES_HELP, app, console, err_console, handle_errors, pick_output, say
-from mimir.utils.atomic import check_writable_dir
+from mimir.utils.atomic import check_writable_dir, check_writable_file
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -92,8 +92,6 @@ def synth(
             raise UsageError("--change-size needs --follow-up", hint="Add --follow-up CHANGE.")
         changed_params(draw_params(seed), follow_up, change_size)  # an unknown change or bad size: before writing
     if truth_table is not None:
-        from mimir.utils.atomic import check_writable_file
-
         check_writable_file(truth_table, what="truth table")
     check_writable_dir(out)  # every option checked, the folder made: before any work
     table = Table(title=escape(f"synthetic subjects written to {out}"), title_justify="left")

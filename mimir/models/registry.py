@@ -132,8 +132,8 @@ def get_module(name_or_path: str | os.PathLike[str]) -> ModuleSpec:
     raise ModuleError("no such module is installed", path=text, hint=hint)
 
 
-def install_hint(name: str, *, reinstall: bool = False) -> str | None:
-    """One line saying how to (re)install the manifest's module ``name``; None when the manifest lacks it.
+def install_hint(name: str) -> str | None:
+    """One line saying how to install the manifest's module ``name``; None when the manifest lacks it.
 
     A module with a download address installs with ``mimir fetch-weights NAME``;
     one that needs a browser (the published MIMIR modules) is downloaded from
@@ -142,12 +142,10 @@ def install_hint(name: str, *, reinstall: bool = False) -> str | None:
     entry = manifest_entry(name, _safe_manifest())
     if entry is None:
         return None
-    force = " --force" if reinstall else ""
-    verb = "reinstall" if reinstall else "install"
     if entry.downloadable:
-        return f"{verb.capitalize()} it with: mimir fetch-weights {name}{force}"
+        return f"Install it with: mimir fetch-weights {name}"
     where = f" ({entry.page})" if entry.page else " (mimir fetch-weights --list says where)"
-    return f"Download it in a browser{where}, then {verb} it with: mimir fetch-weights {name} --from FILE.zip{force}"
+    return f"Download it in a browser{where}, then install it with: mimir fetch-weights {name} --from FILE.zip"
 
 
 def _safe_manifest() -> list[ManifestEntry]:

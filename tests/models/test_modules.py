@@ -222,11 +222,10 @@ def test_install_hints_say_the_real_steps(monkeypatch: pytest.MonkeyPatch) -> No
                registry.ManifestEntry(name="nowhere", version="1")]
     monkeypatch.setattr(registry, "_safe_manifest", lambda: entries)
     assert registry.install_hint("auto") == "Install it with: mimir fetch-weights auto"
-    assert registry.install_hint("auto", reinstall=True) == "Reinstall it with: mimir fetch-weights auto --force"
     assert registry.install_hint("manual") == (
         "Download it in a browser (https://example.org/page), then install it with: "
         "mimir fetch-weights manual --from FILE.zip")
-    assert registry.install_hint("nowhere", reinstall=True) == (
-        "Download it in a browser (mimir fetch-weights --list says where), then reinstall it with: "
-        "mimir fetch-weights nowhere --from FILE.zip --force")
+    assert registry.install_hint("nowhere") == (
+        "Download it in a browser (mimir fetch-weights --list says where), then install it with: "
+        "mimir fetch-weights nowhere --from FILE.zip")
     assert registry.install_hint("other") is None
