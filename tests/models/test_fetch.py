@@ -246,3 +246,20 @@ def test_partial_file_from_an_earlier_run_is_resumed(tmp_path: Path, archives) -
     assert not part.exists()
     verify_module(get_module("demo_small"))
 
+
+
+def test_test_server_is_silent_when_a_client_hangs_up(capfd) -> None:
+    """The CI failure of stop 27: a client reset printed a traceback into the CLI's stderr."""
+    import struct
+    import time
+
+    with FileServer() as srv:
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.recv(4096)  # the 404; the server now waits for the next request line
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # RST, not FIN: the server's readline raises ConnectionResetError
+        time.sleep(0.3)
+    out, err = capfd.readouterr()
+    assert "Traceback" not in err and "Exception occurred" not in err
+    assert srv.errors == []
