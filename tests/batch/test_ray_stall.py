@@ -12,6 +12,7 @@ from __future__ import annotations
 import _thread
 import io
 import logging
+import signal
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,9 @@ def test_a_cluster_too_small_for_the_pipeline_warns_what_it_waits_for(tmp_path: 
     module = make_module(tmp_path / "mod")
     buf = io.StringIO()
     monitor = _StopOnWarning(Console(file=buf, width=400), interval=1.0, stall_after=4.0)
+    # interrupt_main() does nothing where SIGINT is ignored (pytest started as a background job): the run would
+    # then wait for ever. Handle SIGINT as Python does by default for the length of the test.
+    old_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -49,6 +53,7 @@ def test_a_cluster_too_small_for_the_pipeline_warns_what_it_waits_for(tmp_path: 
                       monitor=monitor)
     finally:
         ray.shutdown()
+        signal.signal(signal.SIGINT, old_sigint)
     lines = buf.getvalue().splitlines()
     status = [ln for ln in lines if ln.startswith("batch: 0/2 done")]
     warnings = [ln for ln in lines if ln.startswith("warning:")]
