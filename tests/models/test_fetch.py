@@ -247,7 +247,6 @@ def test_partial_file_from_an_earlier_run_is_resumed(tmp_path: Path, archives) -
     verify_module(get_module("demo_small"))
 
 
-
 def test_test_server_is_silent_when_a_client_hangs_up(capfd) -> None:
     """The CI failure of stop 27: a client reset printed a traceback into the CLI's stderr."""
     import struct
